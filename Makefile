@@ -1,0 +1,83 @@
+# hostdev.vfio: developer entry points. `make test` runs every gate and every lab suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+BIN := $(VENV)/bin
+BUILD := $(CURDIR)/build
+# The build tree lives outside the repository (build/ is a symlink to it): inside it, ansible-test would ask
+# this repository's git for the file list and see none of the copied files.
+BUILD_REAL := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hostdev-vfio/build-$(shell echo '$(CURDIR)' | cksum | cut -d' ' -f1)
+COLL := $(BUILD)/ansible_collections/hostdev/vfio
+export ANSIBLE_COLLECTIONS_PATH := $(BUILD)
+export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help venv collection lint ruff yamllint ansible-lint sanity units docs-lint facts test test-static
+
+help:
+	@echo "make facts       IOMMU facts of this machine (hostdev.vfio.iommu_facts on localhost)"
+	@echo "make test        every quality gate, unit test and lab suite"
+	@echo "make lab-up | lab-down | lab-status | lab-ssh HOST=intel | lab-reset HOST=intel"
+
+$(VENV)/.stamp: tests/requirements-dev.txt requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r tests/requirements-dev.txt -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# ansible-test and ansible need the tree at .../ansible_collections/hostdev/vfio: copy the working tree there.
+collection: venv
+	@if [ ! -L $(BUILD) ]; then rm -rf $(BUILD); mkdir -p $(BUILD_REAL); ln -sfn $(BUILD_REAL) $(BUILD); fi
+	@rm -rf $(COLL) && mkdir -p $(COLL)
+	@tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./tests/lab/.state \
+	  --exclude='__pycache__' --exclude='.pytest_cache' --exclude='.ruff_cache' --exclude='.hypothesis' . \
+	  | tar -x -C $(COLL)
+
+ruff: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+yamllint: venv
+	$(BIN)/yamllint -s .
+
+ansible-lint: collection
+	cd $(COLL) && $(BIN)/ansible-lint --profile production --offline
+
+lint: ruff yamllint ansible-lint
+
+# ansible-test gets a venv of its own (its pinned linters must not meet ansible-lint's), and an offline pip
+# bootstrap script in its cache (it would download get-pip.py, which only registries-only machines cannot).
+SANITY_VENV := $(CURDIR)/.venv-sanity
+ANSIBLE_CORE_PIN := $(shell grep '^ansible-core==' tests/requirements-dev.txt)
+$(SANITY_VENV)/.stamp: tests/requirements-dev.txt
+	$(PYTHON) -m venv $(SANITY_VENV)
+	$(SANITY_VENV)/bin/pip install -q '$(ANSIBLE_CORE_PIN)'
+	touch $@
+
+sanity: collection $(SANITY_VENV)/.stamp
+	@for v in 24_2 25_3; do f=$(HOME)/.ansible/test/cache/get_pip_$$v.py; \
+	  [ -e $$f ] || install -D -m 0644 tests/utils/get_pip_offline.py $$f; done
+	cd $(COLL) && $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --requirements --color no
+
+units: collection
+	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python -m pytest -q -n 2 tests/unit
+
+docs-lint: collection
+	$(BIN)/antsibull-docs lint-collection-docs --plugin-docs $(COLL)
+
+facts: collection
+	$(BIN)/ansible localhost -c local -m hostdev.vfio.iommu_facts
+
+test-static: lint sanity units docs-lint
+
+test: test-static lab-test
+
+-include tests/lab/lab.mk
+
+.PHONY: bench-facts
+bench-facts: collection
+	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python benchmarks/facts.py

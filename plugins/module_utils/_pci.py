@@ -1,0 +1,374 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The model: PCI functions and IOMMU groups as the kernel shows them under a sysfs root.
+
+Everything here is read-only and needs no AnsibleModule, so the same code analyses a live host, a captured
+tree, or a fake tree built by a unit test. ``read_snapshot(sysfs_root)`` reads it all once; the viability
+rules (``driver_keeps_group_viable``, ``assess_group``) are what every module uses to judge a group, for the
+state now and for a planned state.
+"""
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+import os
+import re
+from dataclasses import dataclass, field
+
+ADDRESS_RE = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$"
+)
+
+# Drivers whose binding leaves an IOMMU group usable by VFIO. Since Linux 5.19 the kernel decides viability by
+# DMA ownership: a device bound to a driver that uses the kernel DMA API claims the group and makes it
+# non-viable; drivers that declare ``driver_managed_dma`` (vfio-pci and its variant drivers, pci-stub, and the
+# PCIe port driver) do not, and neither does an unbound device.
+STUB_DRIVERS = frozenset({"pci-stub"})
+BRIDGE_DRIVERS = frozenset({"pcieport"})
+_VFIO_DRIVER_RE = re.compile(r"^(?:vfio[-_]pci|[a-z0-9_-]+[-_]vfio[-_]pci)$")
+
+PCI_HEADER_NORMAL = 0
+PCI_HEADER_BRIDGE = 1
+PCI_HEADER_CARDBUS = 2
+
+
+def normalize_address(text: str) -> str:
+    """Return the full lower-case ``DDDD:BB:DD.F`` form of a PCI address; ``BB:DD.F`` means domain 0000.
+
+    Raises ValueError for anything that is not a PCI address.
+    """
+    m = ADDRESS_RE.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"{text!r} is not a PCI address (expected DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0)")
+    domain = int(m.group("domain") or "0", 16)
+    return f"{domain:04x}:{m.group('bus').lower()}:{m.group('slot').lower()}.{m.group('fn')}"
+
+
+def is_vfio_driver(driver: str | None) -> bool:
+    """True for vfio-pci and the vfio-pci variant drivers (mlx5_vfio_pci, hisi_acc_vfio_pci, ...)."""
+    return bool(driver) and bool(_VFIO_DRIVER_RE.match(driver))
+
+
+def driver_keeps_group_viable(driver: str | None) -> bool:
+    """The kernel's rule for one group member: unbound, a VFIO driver, pci-stub, or the PCIe port driver."""
+    return driver is None or is_vfio_driver(driver) or driver in STUB_DRIVERS or driver in BRIDGE_DRIVERS
+
+
+def same_module(a: str, b: str) -> bool:
+    """Module and driver names compare with '-' and '_' as the same character, as kmod does."""
+    return a.replace("-", "_") == b.replace("-", "_")
+
+
+@dataclass
+class PciDevice:
+    """One PCI function, as read from /sys/bus/pci/devices/<address>."""
+
+    address: str
+    vendor_id: str
+    device_id: str
+    subsystem_vendor_id: str | None
+    subsystem_device_id: str | None
+    class_code: str  # 6 hex digits: base class, subclass, programming interface
+    revision: str | None
+    header_type: int | None
+    driver: str | None
+    driver_override: str | None
+    iommu_group: int | None
+    numa_node: int | None
+    boot_vga: bool
+    reset_methods: list[str]
+    has_reset: bool
+    sriov_totalvfs: int | None
+    sriov_numvfs: int | None
+    physfn: str | None
+    virtfns: list[str]
+    parent: str | None
+    sysfs_path: str = field(repr=False, default="")
+
+    @property
+    def class_id(self) -> str:
+        return self.class_code[:4]
+
+    @property
+    def is_bridge(self) -> bool:
+        if self.header_type is not None:
+            return self.header_type in (PCI_HEADER_BRIDGE, PCI_HEADER_CARDBUS)
+        return self.class_id in ("0604", "0607", "0609")
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor_id}:{self.device_id}"
+
+    def vfio_blockers(self) -> list[str]:
+        """Reasons why vfio-pci cannot take this function (empty when it can)."""
+        reasons = []
+        if self.header_type not in (None, PCI_HEADER_NORMAL) or (self.header_type is None and self.is_bridge):
+            reasons.append("vfio-pci only drives normal (type 0) functions; this is a bridge")
+        if self.iommu_group is None:
+            reasons.append("the function has no IOMMU group (the IOMMU is off or does not cover it)")
+        return reasons
+
+
+@dataclass
+class IommuGroup:
+    id: int
+    type: str | None
+    devices: list[str]
+
+
+@dataclass
+class Snapshot:
+    """A consistent read of the PCI/IOMMU state: devices by address, groups by id, IOMMU units."""
+
+    devices: dict[str, PciDevice]
+    groups: dict[int, IommuGroup]
+    units: list[dict]
+
+    @property
+    def iommu_enabled(self) -> bool:
+        return bool(self.groups)
+
+    def group_of(self, address: str) -> IommuGroup | None:
+        dev = self.devices.get(address)
+        if dev is None or dev.iommu_group is None:
+            return None
+        return self.groups.get(dev.iommu_group)
+
+
+def assess_group(snapshot: Snapshot, group_id: int, planned: dict[str, str | None] | None = None):
+    """Judge a group by the kernel's rule. ``planned`` maps addresses to the driver they will have.
+
+    Returns (viable, blockers) where blockers is a list of {address, driver} of members that would claim
+    the group for the host.
+    """
+    planned = planned or {}
+    group = snapshot.groups[group_id]
+    blockers = []
+    for address in group.devices:
+        dev = snapshot.devices.get(address)
+        driver = planned.get(address, dev.driver if dev else None)
+        if not driver_keeps_group_viable(driver):
+            blockers.append({"address": address, "driver": driver})
+    return not blockers, blockers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading sysfs
+
+
+def _read(path: str) -> str | None:
+    """The stripped text of a sysfs attribute, or None if it cannot be read (os.read: no buffering layers)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.decode("ascii", "replace").strip()
+
+
+def _hex4(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return f"{int(text, 16):04x}"
+    except ValueError:
+        return None
+
+
+def _hex2(text: str | None) -> str | None:
+    try:
+        return f"{int(text, 16):02x}" if text else None
+    except ValueError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def _link_name(path: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def _header_type(dev_path: str) -> int | None:
+    """Header type from config space byte 0x0e (bit 7 only marks multi-function)."""
+    try:
+        fd = os.open(dev_path + "/config", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        head = os.read(fd, 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(head) < 15:
+        return None
+    return head[14] & 0x7F
+
+
+def _parent_address(real_path: str) -> str | None:
+    parent = os.path.basename(os.path.dirname(real_path))
+    return parent if ADDRESS_RE.match(parent) else None
+
+
+def _uevent(text: str | None) -> dict[str, str]:
+    out = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def _device_dir(sysfs_root: str, address: str) -> str:
+    """The real directory of a function: /sys/bus/pci/devices/<address> is one relative symlink to it."""
+    link = os.path.join(sysfs_root, "bus", "pci", "devices", address)
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return os.path.realpath(link)
+    real = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    return real if not os.path.islink(real) else os.path.realpath(link)
+
+
+def read_device(sysfs_root: str, address: str) -> PciDevice:
+    """Read one function. ``address`` must be the full form used as the directory name in sysfs.
+
+    The directory is listed once and only attributes that exist are opened: fact gathering on hosts with
+    hundreds of functions is dominated by system calls.
+    """
+    real = _device_dir(sysfs_root, address)
+    base = real + "/"
+    try:
+        entries = set(os.listdir(real))
+    except OSError:
+        entries = set()
+
+    def attr(name: str) -> str | None:
+        return _read(base + name) if name in entries else None
+
+    def link(name: str) -> str | None:
+        return _link_name(base + name) if name in entries else None
+
+    override = attr("driver_override")
+    if override in ("(null)", ""):
+        override = None
+    numa = _int(attr("numa_node"))
+    reset_method = attr("reset_method")
+    totalvfs = _int(attr("sriov_totalvfs"))
+    virtfns = []
+    if totalvfs is not None:
+        for name in entries:
+            if name.startswith("virtfn") and name[6:].isdigit():
+                vf = _link_name(base + name)
+                if vf:
+                    virtfns.append((int(name[6:]), vf))
+    # One read of uevent gives what five attribute files give (the kernel fills both from the same fields).
+    uevent = _uevent(attr("uevent"))
+    vendor, _sep, device = uevent.get("PCI_ID", "").partition(":")
+    svendor, _sep, sdevice = uevent.get("PCI_SUBSYS_ID", "").partition(":")
+    if not (vendor and device and "PCI_CLASS" in uevent):
+        vendor, device = attr("vendor"), attr("device")
+        svendor, sdevice = attr("subsystem_vendor"), attr("subsystem_device")
+        class_text = attr("class") or "0"
+    else:
+        class_text = uevent["PCI_CLASS"]
+    return PciDevice(
+        address=address,
+        vendor_id=_hex4(vendor) or "ffff",
+        device_id=_hex4(device) or "ffff",
+        subsystem_vendor_id=_hex4(svendor),
+        subsystem_device_id=_hex4(sdevice),
+        class_code=f"{int(class_text, 16):06x}",
+        revision=_hex2(attr("revision")),
+        header_type=_header_type(real) if "config" in entries else None,
+        driver=link("driver"),
+        driver_override=override,
+        iommu_group=_int(link("iommu_group")),
+        numa_node=None if numa is None or numa < 0 else numa,
+        boot_vga=attr("boot_vga") == "1",
+        reset_methods=reset_method.split() if reset_method else [],
+        has_reset="reset" in entries,
+        sriov_totalvfs=totalvfs,
+        sriov_numvfs=_int(attr("sriov_numvfs")),
+        physfn=link("physfn"),
+        virtfns=[vf for _index, vf in sorted(virtfns)],
+        parent=_parent_address(real),
+        sysfs_path=real,
+    )
+
+
+def _unit_type(name: str) -> str:
+    if name.startswith("dmar"):
+        return "intel-vtd"
+    if name.startswith("ivhd"):
+        return "amd-vi"
+    if "smmu" in name:
+        return "arm-smmu"
+    if name.startswith("virtio"):
+        return "virtio-iommu"
+    return "other"
+
+
+def read_units(sysfs_root: str) -> list[dict]:
+    base = os.path.join(sysfs_root, "class", "iommu")
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    return [{"name": name, "type": _unit_type(name)} for name in names]
+
+
+def read_groups(sysfs_root: str) -> dict[int, IommuGroup]:
+    base = os.path.join(sysfs_root, "kernel", "iommu_groups")
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return {}
+    groups = {}
+    for name in entries:
+        if not name.isdigit():
+            continue
+        gpath = os.path.join(base, name)
+        try:
+            members = sorted(os.listdir(os.path.join(gpath, "devices")))
+        except OSError:
+            members = []
+        gid = int(name)
+        groups[gid] = IommuGroup(id=gid, type=_read(os.path.join(gpath, "type")), devices=members)
+    return dict(sorted(groups.items()))
+
+
+def read_snapshot(sysfs_root: str = "/sys") -> Snapshot:
+    """Read every PCI function, IOMMU group and IOMMU unit under ``sysfs_root``."""
+    base = os.path.join(sysfs_root, "bus", "pci", "devices")
+    try:
+        addresses = sorted(os.listdir(base))
+    except OSError:
+        addresses = []
+    devices = {a: read_device(sysfs_root, a) for a in addresses if ADDRESS_RE.match(a)}
+    groups = read_groups(sysfs_root)
+    # Group membership from the groups' own lists keeps non-PCI members (platform devices) visible too;
+    # make sure PCI functions that name a group are listed in it even if the group dir was unreadable.
+    for dev in devices.values():
+        if dev.iommu_group is not None:
+            group = groups.setdefault(dev.iommu_group, IommuGroup(id=dev.iommu_group, type=None, devices=[]))
+            if dev.address not in group.devices:
+                group.devices.append(dev.address)
+                group.devices.sort()
+    return Snapshot(devices=devices, groups=dict(sorted(groups.items())), units=read_units(sysfs_root))

@@ -1,0 +1,246 @@
+#!/usr/bin/python
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: iommu_facts
+short_description: Gather the host's IOMMU groups and PCI functions as the kernel sees them
+version_added: 0.1.0
+description:
+  - Reads sysfs and the kernel command line and returns C(ansible_facts.iommu) - the IOMMU units, whether DMA
+    remapping is active, every IOMMU group with its members and the kernel's viability verdict, and every PCI
+    function with its ids, class, driver, C(driver_override), group, NUMA node, reset methods and SR-IOV state.
+  - A group is viable for VFIO when every member is unbound or bound to vfio-pci (or a vfio-pci variant
+    driver), to pci-stub, or (bridges) to pcieport. For a group that is not, the members that block it are
+    listed with their drivers.
+  - On a host without an active IOMMU the module does not fail. It returns O(ignore:enabled=false), no groups,
+    and a warning that says what to change (firmware setting, kernel arguments).
+  - Device and vendor names come from the pci.ids database when it is installed (hwdata or pciutils); it is
+    never required.
+  - The module never changes anything.
+author:
+  - hostdev.vfio contributors
+options:
+  sysfs_root:
+    description:
+      - Where sysfs is mounted. Point it at a captured copy of C(/sys) to analyse another host offline.
+    type: path
+    default: /sys
+  proc_root:
+    description:
+      - Where procfs is mounted. C(cmdline) and C(cpuinfo) are read below it.
+    type: path
+    default: /proc
+  dev_root:
+    description:
+      - Where device nodes live. C(vfio/) below it is listed for open-able VFIO group files.
+    type: path
+    default: /dev
+  device_class:
+    description:
+      - Limit the output to the IOMMU groups that hold a function of one of these PCI classes. Each entry is a
+        prefix of the 6-digit class code in hex, for example V(03) (any display controller), V(0300) (VGA),
+        V(0c03) (USB) or V(0c0330) (xHCI).
+      - All members of a matching group are returned, so the companions of a device stay visible.
+      - Useful on hosts with thousands of functions.
+    type: list
+    elements: str
+  names:
+    description:
+      - Look up vendor, device and class names in the pci.ids database when it is installed.
+      - Set to V(false) to skip the database.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; it behaves the same in check mode.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  platform:
+    platforms: posix
+    description: Linux only; reads sysfs and procfs.
+notes:
+  - Root is not required, but a non-root user may not see every C(reset_method).
+seealso:
+  - module: hostdev.vfio.vfio_bind
+  - name: Kernel VFIO documentation
+    description: How IOMMU groups, VFIO groups and viability work.
+    link: https://docs.kernel.org/driver-api/vfio.html
+"""
+
+EXAMPLES = r"""
+- name: Gather IOMMU facts
+  hostdev.vfio.iommu_facts:
+
+- name: Show the groups that are not ready for passthrough
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.iommu.groups | rejectattr('viable') | list }}"
+
+- name: Only the groups holding GPUs (display controllers), with their audio functions
+  hostdev.vfio.iommu_facts:
+    device_class:
+      - "03"
+
+- name: Addresses of every NVIDIA function
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.iommu.devices | selectattr('vendor_id', 'equalto', '10de') | map(attribute='address') | list }}"
+
+- name: Analyse a sysfs tree captured from another host
+  hostdev.vfio.iommu_facts:
+    sysfs_root: /srv/captures/host42/sys
+    proc_root: /srv/captures/host42/proc
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: dict
+  contains:
+    iommu:
+      description: The host's IOMMU and PCI state.
+      returned: always
+      type: dict
+      contains:
+        enabled:
+          description: Whether DMA remapping is active, that is, the kernel created IOMMU groups.
+          type: bool
+          returned: always
+          sample: true
+        units:
+          description: IOMMU units from C(/sys/class/iommu); C(type) is V(intel-vtd), V(amd-vi), V(arm-smmu),
+            V(virtio-iommu) or V(other).
+          type: list
+          elements: dict
+          returned: always
+          sample: [{"name": "dmar0", "type": "intel-vtd"}]
+        cpu_vendor:
+          description: V(intel), V(amd), another vendor string in lower case, or null when unknown.
+          type: str
+          returned: always
+          sample: intel
+        cmdline:
+          description:
+            - The passthrough-relevant kernel parameters of the running kernel, by canonical name (C(intel_iommu),
+              C(amd_iommu), C(iommu), C(iommu.passthrough), C(iommu.strict), C(vfio-pci.ids), C(pci-stub.ids),
+              C(vfio_iommu_type1.allow_unsafe_interrupts), C(pcie_acs_override), ...). A bare flag is V(true).
+          type: dict
+          returned: always
+          sample: {"intel_iommu": "on", "iommu": "pt"}
+        cmdline_raw:
+          description: The whole running kernel command line.
+          type: str
+          returned: always
+          sample: BOOT_IMAGE=/boot/vmlinuz-6.1.0-26-amd64 root=UUID=... ro intel_iommu=on iommu=pt
+        acs_override:
+          description: Whether C(pcie_acs_override) is in use (groups split by a patch, isolation not guaranteed).
+          type: bool
+          returned: always
+          sample: false
+        unsafe_interrupts:
+          description: Whether C(vfio_iommu_type1.allow_unsafe_interrupts) is on.
+          type: bool
+          returned: always
+          sample: false
+        vfio:
+          description: VFIO state - loaded C(vfio*) and C(pci_stub) modules, the group numbers that have a
+            C(/dev/vfio/N) file, and whether unsafe no-IOMMU mode is on.
+          type: dict
+          returned: always
+          sample: {"modules": ["vfio", "vfio_iommu_type1", "vfio_pci"], "group_files": [12], "unsafe_noiommu_mode": false}
+        warnings:
+          description: Problems found, each saying what to do.
+          type: list
+          elements: str
+          returned: always
+          sample: []
+        groups:
+          description: IOMMU groups, sorted by number (numbers may have gaps).
+          type: list
+          elements: dict
+          returned: always
+          contains:
+            id:
+              description: Group number.
+              type: int
+            type:
+              description: The default domain type (V(DMA), V(DMA-FQ), V(identity), ...), or null.
+              type: str
+            devices:
+              description: Member addresses.
+              type: list
+              elements: str
+            viable:
+              description: Whether VFIO can use the group as it is now.
+              type: bool
+            blockers:
+              description: Members whose driver makes the group non-viable, as C(address) and C(driver).
+              type: list
+              elements: dict
+          sample: [{"id": 1, "type": "DMA", "devices": ["0000:01:00.0", "0000:01:00.1"], "viable": false,
+                    "blockers": [{"address": "0000:01:00.1", "driver": "snd_hda_intel"}]}]
+        devices:
+          description:
+            - PCI functions, sorted by address. Ids are 4-digit lower-case hex without C(0x). C(class_id) is base
+              class and subclass (V(0300)); C(class_code) adds the programming interface. C(driver) and
+              C(iommu_group) are null when there is none. C(sriov) is null unless the function is an SR-IOV
+              physical function. C(vfio_capable) tells whether vfio-pci could take the function, and
+              C(vfio_blockers) why not.
+          type: list
+          elements: dict
+          returned: always
+          sample: [{"address": "0000:01:00.0", "vendor_id": "10de", "device_id": "1b80", "subsystem_vendor_id": "1458",
+                    "subsystem_device_id": "3702", "vendor_name": "NVIDIA Corporation", "device_name": "GP104 [GeForce GTX 1080]",
+                    "class_code": "030000", "class_id": "0300", "class_name": "VGA compatible controller", "revision": "a1",
+                    "driver": "nouveau", "driver_override": null, "iommu_group": 1, "is_bridge": false,
+                    "parent": "0000:00:01.0", "numa_node": null, "boot_vga": false, "reset_methods": ["bus"],
+                    "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": []}]
+"""
+
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
+
+_CLASS_PREFIX = re.compile(r"^(?:[0-9a-fA-F]{2}){1,3}$")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "sysfs_root": {"type": "path", "default": "/sys"},
+            "proc_root": {"type": "path", "default": "/proc"},
+            "dev_root": {"type": "path", "default": "/dev"},
+            "device_class": {"type": "list", "elements": "str"},
+            "names": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    bad = [c for c in module.params["device_class"] or [] if not _CLASS_PREFIX.match(c)]
+    if bad:
+        module.fail_json(
+            msg="device_class entries must be 2, 4 or 6 hex digits of a PCI class code (e.g. 03, 0300, 0c0330); "
+            "got {}".format(", ".join(repr(b) for b in bad))
+        )
+    facts = gather(
+        sysfs_root=module.params["sysfs_root"],
+        proc_root=module.params["proc_root"],
+        dev_root=module.params["dev_root"],
+        device_class=module.params["device_class"],
+        names=module.params["names"],
+    )
+    for warning in facts["warnings"]:
+        module.warn(warning)
+    module.exit_json(changed=False, ansible_facts={"iommu": facts})
+
+
+if __name__ == "__main__":
+    main()
