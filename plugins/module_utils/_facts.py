@@ -91,6 +91,14 @@ def _vfio_state(sysfs_root: str, dev_root: str) -> dict:
     return {"modules": loaded, "group_files": group_files, "unsafe_noiommu_mode": noiommu.strip() in ("Y", "1")}
 
 
+def _firmware_iommu(sysfs_root: str) -> list[str]:
+    """ACPI tables that describe an IOMMU: DMAR (Intel VT-d), IVRS (AMD-Vi). They exist even when the kernel
+    has the IOMMU turned off, so they tell "firmware has it, kernel arguments are missing" apart from "no IOMMU".
+    """
+    tables = os.path.join(sysfs_root, "firmware", "acpi", "tables")
+    return [t for t in ("DMAR", "IVRS") if os.path.exists(os.path.join(tables, t))]
+
+
 def device_facts(dev: PciDevice, names: PciIds) -> dict:
     reasons = dev.vfio_blockers()
     sriov = None
@@ -134,7 +142,9 @@ def _class_match(dev: PciDevice, prefixes: list[str]) -> bool:
     return any(dev.class_code.startswith(p) for p in prefixes)
 
 
-def _warnings(enabled: bool, units: list[dict], cmdline: dict, vfio: dict, cpu_vendor: str | None) -> list[str]:
+def _warnings(
+    enabled: bool, units: list[dict], firmware: list[str], cmdline: dict, vfio: dict, cpu_vendor: str | None
+) -> list[str]:
     warnings = []
     disabled_by = [
         f"{k}={v}"
@@ -210,16 +220,18 @@ def gather(
         addresses = [a for a in addresses if a in keep]
 
     enabled = snapshot.iommu_enabled
+    firmware = _firmware_iommu(sysfs_root)
     return {
         "enabled": enabled,
         "units": snapshot.units,
+        "firmware_tables": firmware,
         "cpu_vendor": cpu_vendor,
         "cmdline": cmdline,
         "cmdline_raw": cmdline_text,
         "acs_override": "pcie_acs_override" in cmdline,
         "unsafe_interrupts": _truthy_param(cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts")),
         "vfio": vfio,
-        "warnings": _warnings(enabled, snapshot.units, cmdline, vfio, cpu_vendor),
+        "warnings": _warnings(enabled, snapshot.units, firmware, cmdline, vfio, cpu_vendor),
         "groups": [group_facts(snapshot, g) for g in group_ids],
         "devices": [device_facts(snapshot.devices[a], ids) for a in addresses],
     }

@@ -122,6 +122,15 @@ ansible_facts:
           elements: dict
           returned: always
           sample: [{"name": "dmar0", "type": "intel-vtd"}]
+        firmware_tables:
+          description:
+            - The ACPI tables that describe an IOMMU and are present, V(DMAR) (Intel VT-d) and V(IVRS) (AMD-Vi).
+            - They are there even when the kernel has the IOMMU off, so a host with O(ignore:enabled=false) and a
+              table only needs kernel arguments, while one with neither needs the firmware setting.
+          type: list
+          elements: str
+          returned: always
+          sample: ["DMAR"]
         cpu_vendor:
           description: V(intel), V(amd), another vendor string in lower case, or null when unknown.
           type: str

@@ -40,6 +40,11 @@ class FakeHost:
     def add_unit(self, name: str) -> None:
         (self.sys / "class/iommu" / name).mkdir(parents=True, exist_ok=True)
 
+    def add_acpi_table(self, name: str) -> None:
+        tables = self.sys / "firmware/acpi/tables"
+        tables.mkdir(parents=True, exist_ok=True)
+        (tables / name).write_bytes(name.encode() + bytes(32))
+
     def load_module(self, name: str, **params: str) -> None:
         mod = self.sys / "module" / name
         (mod / "parameters").mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,18 @@ def test_units_without_groups_say_kernel_args(tmp_path):
     assert "dmar0" in facts["warnings"][0] and "intel_iommu=on" in facts["warnings"][0]
 
 
+def test_firmware_table_without_groups_means_kernel_args(tmp_path):
+    host = FakeHost(tmp_path)
+    host.add_acpi_table("DMAR")
+    host.add_acpi_table("APIC")
+    facts = facts_of(host, names=False)
+    assert facts["enabled"] is False and facts["firmware_tables"] == ["DMAR"]
+    assert facts["warnings"] == [
+        "IOMMU hardware is present (ACPI DMAR table) but the kernel created no IOMMU groups: add intel_iommu=on to "
+        "the kernel command line (hostdev.vfio.kernel_cmdline) and reboot."
+    ]
+
+
 def test_amd_units(tmp_path):
     host = FakeHost(tmp_path)
     host.set_cpu_vendor("AuthenticAMD")
@@ -130,6 +142,7 @@ def test_amd_units(tmp_path):
     facts = facts_of(host, names=False)
     assert facts["cpu_vendor"] == "amd"
     assert facts["units"] == [{"name": "ivhd0", "type": "amd-vi"}]
+    assert facts["firmware_tables"] == []
     assert facts["groups"][0]["type"] == "identity"
 
 
