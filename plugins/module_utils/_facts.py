@@ -157,15 +157,16 @@ def _warnings(
                 "The IOMMU is disabled on the kernel command line ({}): remove that argument "
                 "(hostdev.vfio.kernel_cmdline, remove) and reboot.".format(", ".join(disabled_by))
             )
-        elif units:
+        elif units or firmware:
             hint = (
                 "add intel_iommu=on to the kernel command line"
                 if cpu_vendor == "intel"
                 else "check the kernel arguments"
             )
+            present = [u["name"] for u in units] + [f"ACPI {t} table" for t in firmware]
             warnings.append(
                 "IOMMU hardware is present ({}) but the kernel created no IOMMU groups: {} "
-                "(hostdev.vfio.kernel_cmdline) and reboot.".format(", ".join(u["name"] for u in units), hint)
+                "(hostdev.vfio.kernel_cmdline) and reboot.".format(", ".join(present), hint)
             )
         else:
             warnings.append(
