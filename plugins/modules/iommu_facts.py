@@ -62,9 +62,12 @@ attributes:
     description: The module only reads; it behaves the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is no diff.
   facts:
     support: full
+    description: Returns C(ansible_facts.iommu).
   platform:
+    support: full
     platforms: posix
     description: Linux only; reads sysfs and procfs.
 notes:
