@@ -24,7 +24,7 @@ description:
     never required.
   - The module never changes anything.
 author:
-  - hostdev.vfio contributors
+  - hostdev.vfio contributors (!UNKNOWN)
 options:
   sysfs_root:
     description:

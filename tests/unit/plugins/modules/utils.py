@@ -83,9 +83,37 @@ def patched_exits():
         basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json = orig
 
 
+def _reset_warnings():
+    """Warnings are process-global in ansible-core: start each module run with none left from an earlier one."""
+    from ansible.module_utils.common import warnings
+
+    for name in ("_global_warnings", "_global_deprecations"):
+        store = getattr(warnings, name, None)
+        if hasattr(store, "clear"):
+            store.clear()
+
+
+@contextlib.contextmanager
+def _as_managed_host():
+    """Run as a module does on a managed host. Once any test in the process imports controller code, ansible-core
+    marks the process as the controller and module warnings go to the display instead of the result."""
+    try:
+        from ansible.module_utils import _internal
+    except ImportError:  # ansible-core < 2.19
+        yield
+        return
+    old = getattr(_internal, "is_controller", False)
+    _internal.is_controller = False
+    try:
+        yield
+    finally:
+        _internal.is_controller = old
+
+
 def run_module(main, args):
     """Run ``main`` with ``args``; return (result, failed)."""
-    with patched_exits(), set_module_args(args):
+    _reset_warnings()
+    with patched_exits(), set_module_args(args), _as_managed_host():
         try:
             main()
         except AnsibleExitJson as e:

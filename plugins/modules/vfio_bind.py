@@ -1,0 +1,369 @@
+#!/usr/bin/python
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vfio_bind
+short_description: Hand PCI devices to vfio-pci or pci-stub, and back, safely and idempotently
+version_added: 0.1.0
+description:
+  - Moves the selected PCI functions to a driver with C(driver_override), unbind and C(drivers_probe) (never
+    C(new_id)), loading the driver module first when it is missing, and re-reads the C(driver) link of every
+    device afterwards (a successful C(drivers_probe) does not mean a driver bound). For vfio drivers it also
+    checks that C(/dev/vfio/<group>) exists.
+  - The whole change is planned first (per device the driver before and after, its role and the actions; per
+    IOMMU group the viability after the change), returned in check mode and as the diff, and only then
+    applied. When any step fails part-way, every device touched in this run is put back on its previous driver
+    and override, and the module fails saying what happened.
+  - Devices the host needs are refused unless their address is listed in O(force) - a device whose block
+    devices (through partitions and dm/md/LVM) back a mounted filesystem or active swap (check C(storage)); a NIC,
+    or a member of a bond, bridge or vlan, that carries the default route or the route to this SSH session's
+    client or server address (check C(network)); the boot VGA device and a device behind a bound framebuffer
+    console (check C(console)); a member of an IOMMU group whose C(/dev/vfio/<group>) a process holds open,
+    for example a running guest (check C(vfio-in-use)). Each refusal names the device, the check and the reason.
+  - A device already on the requested driver (with its udev rule when O(persistent=true)) is not touched at all.
+author:
+  - hostdev.vfio contributors (!UNKNOWN)
+options:
+  address:
+    description:
+      - PCI addresses to select, full (V(0000:01:00.0)) or short (V(01:00.0), domain 0000).
+      - An entry may end in C(@vendor:device), for example V(01:00.0@10de:1b80). When the device at that
+        address is not that vendor:device (the bus was re-enumerated), the module fails and changes nothing.
+    type: list
+    elements: str
+    default: []
+  ids:
+    description:
+      - Select every function with these ids, V(vendor:device) or V(vendor:device:subvendor:subdevice), in hex.
+    type: list
+    elements: str
+    default: []
+  device_class:
+    description:
+      - Select every function whose 6-digit class code starts with one of these hex prefixes (V(03), V(0300),
+        V(0c0330)), as in M(hostdev.vfio.iommu_facts).
+    type: list
+    elements: str
+    default: []
+  query:
+    description:
+      - A JMESPath expression over the data M(hostdev.vfio.iommu_facts) returns as C(ansible_facts.iommu). It
+        must return a list of addresses or of device dicts (with C(address)), for example
+        V(devices[?vendor_id=='10de'].address).
+      - Needs the Python library jmespath on the managed host.
+      - All selectors add up (union).
+    type: str
+  driver:
+    description:
+      - The driver to put the selected devices on - V(vfio-pci), V(pci-stub), or any other PCI driver name
+        (a vfio-pci variant driver, or a host driver).
+      - V(host) (alias spelling V(default)) gives the devices back - clears the override, unbinds them from a
+        vfio or stub driver and reprobes, so they end on the driver recorded when this module took them, or on
+        the kernel's choice when nothing was recorded; their udev rule and record are removed.
+    type: str
+    default: vfio-pci
+  group:
+    description:
+      - What to do with the other endpoints of each selected device's IOMMU group when O(driver) is a vfio
+        driver (ignored otherwise). Bridges are never rebound.
+      - V(fail) - fail, changing nothing, when the group would not be viable, naming the members that block it.
+      - V(stub) - bind the other endpoints to pci-stub, which makes the group viable without letting a guest
+        open them.
+      - V(vfio) - bind them to vfio-pci too.
+      - V(ignore) - leave them; the group may stay non-viable (reported in RV(groups)).
+    type: str
+    choices: [fail, stub, vfio, ignore]
+    default: fail
+  persistent:
+    description:
+      - Also make the binding of the selected devices survive a reboot - a line per device in the managed udev
+        rules file O(rules_file) sets C(driver_override) when the device is added (matching address and
+        vendor:device) and loads the driver, before C(80-drivers.rules) loads the host driver.
+      - The host driver must not have bound the device before udev runs - it must be a module that is not built
+        in and not loaded earlier (for example by the initramfs without the rule); see RV(initramfs_update_needed).
+      - V(false) leaves any existing rule alone; O(driver=host) removes it.
+    type: bool
+    default: false
+  force:
+    description:
+      - Addresses of devices to change even though a safety check protects them. Applies only to those
+        devices; the refusal becomes a warning.
+    type: list
+    elements: str
+    default: []
+  allow_empty:
+    description:
+      - Succeed without change when the selectors match no device (by default that is an error).
+    type: bool
+    default: false
+  sysfs_root:
+    description:
+      - Where sysfs is mounted. Point it at a captured tree to compute the plan offline; with any value other
+        than V(/sys) (or a non-default O(proc_root)/O(dev_root)) only check mode is allowed.
+    type: path
+    default: /sys
+  proc_root:
+    description:
+      - Where procfs is mounted (mounts, swaps, routes and open files for the safety checks).
+    type: path
+    default: /proc
+  dev_root:
+    description:
+      - Where device nodes live (C(vfio/<group>)).
+    type: path
+    default: /dev
+  state_dir:
+    description:
+      - Directory of C(bind-state.json), where the original driver of each device taken from a host driver is
+        recorded for O(driver=host).
+    type: path
+    default: /var/lib/hostdev-vfio
+  rules_file:
+    description:
+      - The udev rules file this module manages for O(persistent=true). Other lines in it are kept byte for byte.
+    type: path
+    default: /etc/udev/rules.d/05-hostdev-vfio.rules
+attributes:
+  check_mode:
+    support: full
+    description: Returns the plan and changes nothing; works offline against a captured O(sysfs_root).
+  diff_mode:
+    support: full
+    description: Per device the driver, override and udev rule before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux with sysfs.
+notes:
+  - Needs root to apply. C(modprobe) is needed only when a driver module must be loaded.
+  - The group viability rule is the kernel's - every member unbound, on a vfio driver, on pci-stub or
+    (bridges) on pcieport.
+  - After a change of the rules file, regenerate the initramfs (for example with M(hostdev.vfio.initramfs)) so
+    the rule also acts inside it; RV(initramfs_update_needed) says when.
+seealso:
+  - module: hostdev.vfio.iommu_facts
+  - name: Kernel VFIO documentation
+    description: IOMMU groups, VFIO groups and viability.
+    link: https://docs.kernel.org/driver-api/vfio.html
+"""
+
+EXAMPLES = r"""
+- name: Give the NIC at 00:04.0 to vfio-pci, but only if it is still the expected model
+  hostdev.vfio.vfio_bind:
+    address:
+      - 00:04.0@8086:10d3
+
+- name: Both functions of a GPU to vfio-pci, kept across reboots
+  hostdev.vfio.vfio_bind:
+    ids:
+      - 10de:1b80
+      - 10de:10f0
+    persistent: true
+  register: bound
+
+- name: Regenerate the initramfs when the udev rule changed
+  hostdev.vfio.initramfs:
+  when: bound.initramfs_update_needed
+
+- name: One NIC behind a bridge to vfio-pci, the other endpoints of its group to pci-stub
+  hostdev.vfio.vfio_bind:
+    address:
+      - 0000:01:01.0
+    group: stub
+
+- name: Every NVIDIA display function, chosen with a JMESPath query over the IOMMU facts
+  hostdev.vfio.vfio_bind:
+    query: "devices[?vendor_id=='10de' && starts_with(class_code, '03')]"
+
+- name: Give them back to the host driver
+  hostdev.vfio.vfio_bind:
+    ids:
+      - 10de:1b80
+      - 10de:10f0
+    driver: host
+
+- name: Plan offline against a captured tree
+  hostdev.vfio.vfio_bind:
+    address:
+      - 01:00.0
+    sysfs_root: /srv/captures/host42/sys
+    proc_root: /srv/captures/host42/proc
+  check_mode: true
+"""
+
+RETURN = r"""
+devices:
+  description:
+    - Every device planned or touched - the selected ones, and for vfio drivers the other members of their
+      IOMMU groups (role V(companion), or V(bridge) for bridges, which are never rebound).
+    - C(driver_after) is the planned driver in check mode (null for O(driver=host) when nothing was recorded,
+      meaning the kernel's choice) and the driver re-read from sysfs otherwise.
+    - C(actions) is empty for a device that is left as it is.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {"address": "0000:01:01.0", "vendor_id": "8086", "device_id": "100e", "iommu_group": 8,
+       "driver_before": "e1000", "driver_after": "vfio-pci", "role": "selected",
+       "actions": ["set driver_override to vfio-pci", "unbind from e1000", "drivers_probe (bind to vfio-pci)",
+                   "record original driver e1000"]}
+    - {"address": "0000:01:02.0", "vendor_id": "8086", "device_id": "100e", "iommu_group": 8,
+       "driver_before": "e1000", "driver_after": "pci-stub", "role": "companion", "actions": ["..."]}
+    - {"address": "0000:00:08.0", "vendor_id": "1b36", "device_id": "000e", "iommu_group": 8,
+       "driver_before": null, "driver_after": null, "role": "bridge", "actions": []}
+groups:
+  description: Each affected IOMMU group with its viability after the change (planned in check mode) and the
+    members that block it.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"id": 8, "devices": ["0000:00:08.0", "0000:01:01.0", "0000:01:02.0"], "viable": true, "blockers": []}]
+modules_loaded:
+  description: Driver modules loaded (to be loaded, in check mode) before binding.
+  returned: always
+  type: list
+  elements: str
+  sample: [vfio-pci]
+rules_file:
+  description: The managed udev rules file, and whether it changed (or would change).
+  returned: always
+  type: dict
+  sample: {"path": "/etc/udev/rules.d/05-hostdev-vfio.rules", "changed": true, "exists": true}
+initramfs_update_needed:
+  description: The udev rules file changed; regenerate the initramfs (it carries a copy of /etc/udev/rules.d).
+  returned: always
+  type: bool
+  sample: true
+rollback:
+  description: On failure, per device touched in this run, whether it was put back on its previous driver.
+  returned: failure
+  type: list
+  elements: dict
+  sample: [{"address": "0000:01:01.0", "driver": "e1000", "driver_override": null, "restored": true}]
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils import _bind
+from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import SysfsKernel
+from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import protected
+
+LIVE_ROOTS = ("/sys", "/proc", "/dev")
+
+
+def make_kernel(module, sysfs_root, dev_root):
+    """The real kernel interface; modprobe is looked up only when a module must be loaded."""
+
+    def run(argv):
+        argv = [module.get_bin_path(argv[0], required=True), *list(argv[1:])]
+        return module.run_command(argv)
+
+    return SysfsKernel(sysfs_root, dev_root, run_command=run)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "address": {"type": "list", "elements": "str", "default": []},
+            "ids": {"type": "list", "elements": "str", "default": []},
+            "device_class": {"type": "list", "elements": "str", "default": []},
+            "query": {"type": "str"},
+            "driver": {"type": "str", "default": "vfio-pci"},
+            "group": {"type": "str", "default": "fail", "choices": list(_bind.GROUP_POLICIES)},
+            "persistent": {"type": "bool", "default": False},
+            "force": {"type": "list", "elements": "str", "default": []},
+            "allow_empty": {"type": "bool", "default": False},
+            "sysfs_root": {"type": "path", "default": "/sys"},
+            "proc_root": {"type": "path", "default": "/proc"},
+            "dev_root": {"type": "path", "default": "/dev"},
+            "state_dir": {"type": "path", "default": _bind.DEFAULT_STATE_DIR},
+            "rules_file": {"type": "path", "default": _bind.DEFAULT_RULES_FILE},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    request = _bind.Request(
+        address=p["address"],
+        ids=p["ids"],
+        device_class=p["device_class"],
+        query=p["query"],
+        driver=p["driver"],
+        group=p["group"],
+        persistent=p["persistent"],
+        force=p["force"],
+        allow_empty=p["allow_empty"],
+    )
+    errors = _bind.validate(request)
+    if errors:
+        module.fail_json(msg="; ".join(errors))
+    roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])
+    if not module.check_mode and tuple(os.path.normpath(r) for r in roots) != LIVE_ROOTS:
+        module.fail_json(
+            msg="sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
+            "(applying would write into a copy); run with check_mode: true"
+        )
+    result = {
+        "changed": False,
+        "devices": [],
+        "groups": [],
+        "modules_loaded": [],
+        "initramfs_update_needed": False,
+        "rules_file": {"path": p["rules_file"], "changed": False, "exists": os.path.exists(p["rules_file"])},
+    }
+    kernel = make_kernel(module, p["sysfs_root"], p["dev_root"])
+    try:
+        snapshot = read_snapshot(p["sysfs_root"])
+
+        def facts():
+            from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
+
+            return gather(p["sysfs_root"], p["proc_root"], p["dev_root"], names=False)
+
+        selected = _bind.select(snapshot, request, facts)
+        if not selected:
+            if request.allow_empty:
+                module.exit_json(msg="no device matched the selectors", **result)
+            module.fail_json(msg="no device matched address, ids, device_class or query; nothing changed", **result)
+        safety = protected(
+            snapshot, p["sysfs_root"], p["proc_root"], p["dev_root"], ssh_connection=os.environ.get("SSH_CONNECTION")
+        )
+        plan = _bind.build_plan(
+            snapshot, request, selected, kernel, safety, rules_path=p["rules_file"], state_dir=p["state_dir"]
+        )
+    except _bind.BindError as exc:
+        result.update(devices=exc.devices, groups=exc.groups)
+        module.fail_json(msg=exc.msg, **result)
+    for warning in plan.warnings:
+        module.warn(warning)
+    result.update(
+        changed=plan.changed,
+        devices=[d.result() for d in plan.devices],
+        groups=_bind.group_results(snapshot, plan.groups),
+        modules_loaded=[m for m, _d in plan.modules],
+        initramfs_update_needed=plan.rules_changed,
+        rules_file={"path": plan.rules_path, "changed": plan.rules_changed, "exists": bool(plan.rules_after)},
+    )
+    if module._diff and plan.changed:
+        result["diff"] = _bind.diff(plan)
+    if module.check_mode or not plan.changed:
+        module.exit_json(**result)
+    try:
+        result["devices"] = _bind.apply(plan, kernel, _bind.FileWriter(module.atomic_move))
+    except _bind.BindError as exc:
+        result.update(devices=exc.devices, rollback=exc.rollback, changed=True)
+        module.fail_json(msg=exc.msg, **result)
+    after = read_snapshot(p["sysfs_root"])
+    result["groups"] = _bind.group_results(after, plan.groups, current=True)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
