@@ -1,0 +1,577 @@
+#!/usr/bin/env python
+"""hostdev.vfio QEMU lab: boot, reach and stop the guests declared in tests/lab/fleet.yml.
+
+Usage: lab.py up [--fresh] [HOST...] | down [HOST...] | status | ssh HOST [CMD...] | reset HOST...
+       | wait HOST... | console HOST [LINES]
+State (overlays, pid files, console logs, monitor sockets, inventory) lives in tests/lab/.state/.
+Environment: LAB_BOOT_TIMEOUT (s, default 300), LAB_DOWN_TIMEOUT (s, default 90), LAB_ACCEL (tcg|kvm, default auto).
+"""
+
+import argparse
+import copy
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - depends on the interpreter
+    sys.exit("lab.py: PyYAML is missing: run it with the project's venv (.venv/bin/python tests/lab/lab.py)")
+
+LAB_DIR = Path(__file__).resolve().parent
+REPO = LAB_DIR.parent.parent
+STATE = LAB_DIR / ".state"
+GUEST_HELPERS = ("lab-vfio-group-status", "lab-pci-state", "lab-kmsg-grep")
+HOST_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "mmdebstrap": "mmdebstrap",
+    "sfdisk": "fdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+BOOT_TIMEOUT = int(os.environ.get("LAB_BOOT_TIMEOUT", "300"))
+DOWN_TIMEOUT = int(os.environ.get("LAB_DOWN_TIMEOUT", "90"))
+CONSOLE_TAIL = 60
+
+
+class LabError(Exception):
+    """A lab operation failed; the message says what and where to look."""
+
+
+def log(msg):
+    print(f"[lab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ fleet and paths
+def load_fleet():
+    with open(LAB_DIR / "fleet.yml") as handle:
+        return yaml.safe_load(handle)
+
+
+def select(fleet, names):
+    unknown = [name for name in names if name not in fleet["guests"]]
+    if unknown:
+        raise LabError(f"unknown guest(s) {', '.join(unknown)}; the fleet is {', '.join(fleet['guests'])}")
+    return names or list(fleet["guests"])
+
+
+def gdir(name):
+    return STATE / name
+
+
+def cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(os.environ.get("LAB_CACHE_DIR", os.path.join(base, "hostdev-vfio-lab")))
+
+
+def ssh_key():
+    return cache_dir() / "id_ed25519"
+
+
+# ------------------------------------------------------------------------------------------------ host setup
+def missing_packages():
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool, path=path)})
+
+
+def ensure_host_tools():
+    packages = missing_packages()
+    if not packages:
+        return
+    if os.geteuid() != 0:
+        raise LabError(f"missing host packages {' '.join(packages)}; install them (needs root)")
+    log(f"installing host packages: {' '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env)
+    still = missing_packages()
+    if still:
+        raise LabError(f"still missing after apt-get install: {' '.join(still)}")
+
+
+def build_image():
+    proc = subprocess.run([str(LAB_DIR / "build-image")], stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"tests/lab/build-image failed (exit {proc.returncode}); see its output above")
+    image = proc.stdout.strip().splitlines()[-1]
+    if not os.path.isfile(image):
+        raise LabError(f"build-image reported {image!r}, which is not a file")
+    return image
+
+
+def choose_accel(fleet):
+    wanted = os.environ.get("LAB_ACCEL", "auto")
+    if wanted != "auto":
+        return wanted
+    cached = STATE / "accel"
+    if cached.exists():
+        return cached.read_text().strip()
+    accel = fleet["defaults"]["accel"]
+    if kvm_usable():
+        accel = "kvm"
+    cached.write_text(accel + "\n")
+    return accel
+
+
+def kvm_usable():
+    """KVM only with hardware virtualisation (vmx/svm) and a QEMU that starts with -accel kvm -cpu host."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if not any(f" {flag}" in flags for flag in ("vmx", "svm")) or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    argv = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-display", "none"]
+    argv += ["-nodefaults", "-S", "-monitor", "stdio"]
+    try:
+        proc = subprocess.run(argv, input="quit\n", capture_output=True, text=True, timeout=15, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------ QEMU command line
+def slot(guest, name):
+    """QEMU addr= (slot.function) of a named device, from its address in fleet.yml."""
+    return guest["devices"][name]["address"].split(":", 2)[2]
+
+
+def qemu_argv(name, guest, defaults, accel):
+    state = gdir(name)
+    accel_args = ["-accel", accel] + (["-cpu", "host"] if accel.startswith("kvm") else [])
+    argv = ["qemu-system-x86_64", "-name", name, "-machine", defaults["machine"], *accel_args]
+    argv += ["-smp", str(defaults["cpus"]), "-m", str(defaults["memory_mib"])]
+    # The IOMMU first: PCI devices created before it would bypass it.
+    argv += ["-device", guest["iommu_device"], "-smbios", f"type=1,serial={guest['kernel_args']}"]
+    argv += device_args(guest, state)
+    argv += ["-display", "none", "-serial", f"file:{state / 'console.log'}"]
+    argv += ["-monitor", f"unix:{state / 'monitor.sock'},server,nowait"]
+    argv += ["-pidfile", str(state / "qemu.pid"), "-daemonize"]
+    return argv
+
+
+def device_args(guest, state):
+    port = guest["ssh_port"]
+    args = ["-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{port}-:22"]
+    # romfile= : no PXE option ROMs for SeaBIOS to run at every boot (slow under TCG; the guests boot from disk).
+    args += ["-device", f"virtio-net-pci,netdev=mgmt,romfile=,addr={slot(guest, 'mgmt_nic')}"]
+    args += ["-drive", f"if=none,id=root,file={state / 'overlay.qcow2'},format=qcow2,discard=unmap"]
+    args += ["-device", f"virtio-blk-pci,drive=root,addr={slot(guest, 'root_disk')}"]
+    args += ["-netdev", "user,id=spare,restrict=on"]
+    args += ["-device", f"e1000e,netdev=spare,romfile=,addr={slot(guest, 'e1000e')}"]
+    args += ["-audiodev", "none,id=snd0", "-device", f"ich9-intel-hda,addr={slot(guest, 'hda')}"]
+    args += ["-device", "hda-duplex,audiodev=snd0", "-device", f"qemu-xhci,addr={slot(guest, 'xhci')}"]
+    args += ["-drive", f"if=none,id=nvm,file={state / 'nvme.raw'},format=raw"]
+    args += ["-device", f"nvme,serial=labnvme0,drive=nvm,addr={slot(guest, 'nvme')}"]
+    args += ["-device", f"pcie-pci-bridge,id=br1,addr={slot(guest, 'bridge')}"]
+    for index, nic in ((1, "bridge_nic1"), (2, "bridge_nic2")):
+        args += ["-netdev", f"user,id=bn{index},restrict=on"]
+        args += ["-device", f"e1000,bus=br1,netdev=bn{index},romfile=,addr={slot(guest, nic)}"]
+    if "sriov_pf" in guest["devices"]:
+        args += ["-device", "nvme-subsys,id=sriovsub", "-device", sriov_nvme(slot(guest, "sriov_pf"))]
+    return args
+
+
+def sriov_nvme(addr):
+    # QEMU 7.2 rules: a subsystem; vq_flexible >= 2 * max_vfs; max_ioqpairs >= vq_flexible + 2;
+    # vi_flexible >= max_vfs; msix_qsize >= vi_flexible + 1.
+    params = "sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=3"
+    return f"nvme,serial=labsriov0,subsys=sriovsub,addr={addr},{params}"
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def read_pid(name):
+    try:
+        pid = int((gdir(name) / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    # Our guest only: its pid file path is on the command line (a recycled pid is never ours).
+    return pid if str(gdir(name) / "qemu.pid").encode() in cmdline else None
+
+
+def ssh_base(guest):
+    return [
+        "ssh",
+        "-i",
+        str(ssh_key()),
+        "-p",
+        str(guest["ssh_port"]),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
+        "root@127.0.0.1",
+    ]
+
+
+def ssh_ok(guest, attempt_timeout=20):
+    argv = ["timeout", str(attempt_timeout), *ssh_base(guest), "true"]
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode == 0
+
+
+def console_tail(name, lines=CONSOLE_TAIL):
+    path = gdir(name) / "console.log"
+    if not path.exists():
+        return f"(no console log at {path})"
+    text = path.read_bytes().decode("utf-8", "replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def prepare_disks(name, image, defaults):
+    state = gdir(name)
+    state.mkdir(parents=True, exist_ok=True)
+    overlay, base_file = state / "overlay.qcow2", state / "base"
+    if overlay.exists() and (not base_file.exists() or base_file.read_text().strip() != image):
+        log(f"{name}: base image changed, discarding the old overlay")
+        overlay.unlink()
+    if not overlay.exists():
+        argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image, str(overlay)]
+        subprocess.run(argv, check=True)
+        base_file.write_text(image + "\n")
+    nvme = state / "nvme.raw"
+    if not nvme.exists():
+        with open(nvme, "wb") as handle:
+            handle.truncate(defaults["nvme_drive_mib"] * 1024 * 1024)
+
+
+def start_guest(name, guest, fleet, image, accel):
+    prepare_disks(name, image, fleet["defaults"])
+    if not port_free(guest["ssh_port"]):
+        raise LabError(f"{name}: 127.0.0.1:{guest['ssh_port']} is already in use by another process")
+    for stale in ("console.log", "qemu.pid", "monitor.sock"):
+        (gdir(name) / stale).unlink(missing_ok=True)
+    argv = qemu_argv(name, guest, fleet["defaults"], accel)
+    (gdir(name) / "qemu.cmdline").write_text(" ".join(argv) + "\n")
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    (gdir(name) / "qemu.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or read_pid(name) is None:
+        raise LabError(f"{name}: QEMU did not start (exit {proc.returncode}):\n{proc.stderr.strip()}")
+    return time.monotonic()
+
+
+class GuestPanic(LabError):
+    """The guest kernel panicked while booting (seen on its console)."""
+
+
+def panicked(name):
+    path = gdir(name) / "console.log"
+    return path.exists() and b"Kernel panic - not syncing" in path.read_bytes()
+
+
+def wait_ssh(name, guest, started, timeout=BOOT_TIMEOUT):
+    """Wait until ssh answers; every attempt is bounded. Returns seconds since `started`."""
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if read_pid(name) is None:
+            raise LabError(f"{name}: QEMU exited while booting. Console:\n{console_tail(name)}")
+        if panicked(name):
+            raise GuestPanic(f"{name}: the guest kernel panicked. Console:\n{console_tail(name)}")
+        if ssh_ok(guest):
+            return time.monotonic() - started
+        time.sleep(2)
+    raise LabError(
+        f"{name}: no ssh on 127.0.0.1:{guest['ssh_port']} within {timeout} s (LAB_BOOT_TIMEOUT). "
+        f"Last {CONSOLE_TAIL} console lines ({gdir(name) / 'console.log'}):\n{console_tail(name)}"
+    )
+
+
+def install_helpers(guest):
+    for helper in GUEST_HELPERS:
+        body = (LAB_DIR / "guest" / helper).read_text().split("\n", 1)[1]
+        script = "#!/usr/bin/python3\n" + body
+        target = f"/usr/local/sbin/{helper}"
+        remote = f"cat > {target}.tmp && chmod 0755 {target}.tmp && mv {target}.tmp {target}"
+        argv = ["timeout", "60", *ssh_base(guest), remote]
+        proc = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise LabError(f"copying {helper} to port {guest['ssh_port']} failed: {proc.stderr.strip()}")
+
+
+def monitor(name, command):
+    """Send one HMP command to the guest's QEMU monitor; False when the monitor is unusable."""
+    sock_path = gdir(name) / "monitor.sock"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(sock_path))
+            sock.recv(4096)
+            sock.sendall(command.encode() + b"\n")
+            time.sleep(0.5)
+    except OSError as exc:
+        log(f"{name}: monitor {sock_path} unusable ({exc}); will stop QEMU by its pid")
+        return False
+    return True
+
+
+def wait_exit(name, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_pid(name) is None:
+            return True
+        time.sleep(1)
+    return False
+
+
+def stop_guest(name, graceful=True):
+    """ACPI power-off (graceful) or QEMU's `quit`, through the monitor; signals to the pid only as a last resort."""
+    pid = read_pid(name)
+    if pid is None:
+        log(f"{name}: not running")
+        return
+    started = time.monotonic()
+    graceful = graceful and not panicked(name)  # a panicked kernel ignores ACPI
+    command, timeout = ("system_powerdown", DOWN_TIMEOUT) if graceful else ("quit", 10)
+    if monitor(name, command) and wait_exit(name, timeout):
+        log(f"{name}: {'powered off' if graceful else 'stopped (quit)'} in {time.monotonic() - started:.0f} s")
+        return
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        pid = read_pid(name)
+        if pid is None:
+            break
+        log(f"{name}: still running after {command}; sending {sig.name} to pid {pid}")
+        os.kill(pid, sig)
+        if wait_exit(name, grace):
+            break
+    if read_pid(name) is not None:
+        raise LabError(f"{name}: QEMU pid {pid} does not stop")
+    log(f"{name}: stopped")
+
+
+# ------------------------------------------------------------------------------------------------ inventory
+def write_inventory(fleet):
+    hosts = {}
+    for name, guest in fleet["guests"].items():
+        hosts[name] = {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": guest["ssh_port"],
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(ssh_key()),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            "-o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o LogLevel=ERROR",
+            "lab_iommu": guest["iommu"],
+            "lab_devices": copy.deepcopy(guest["devices"]),
+        }
+    inventory = {"all": {"children": {"lab": {"hosts": hosts}}}}
+    STATE.mkdir(parents=True, exist_ok=True)
+    header = "# Written by tests/lab/lab.py from tests/lab/fleet.yml; do not edit.\n"
+    (STATE / "inventory.yml").write_text(header + yaml.safe_dump(inventory, sort_keys=False))
+    cfg = [
+        "# Written by tests/lab/lab.py: use with ANSIBLE_CONFIG=tests/lab/.state/ansible.cfg",
+        "[defaults]",
+        f"inventory = {STATE / 'inventory.yml'}",
+        f"roles_path = {REPO / 'tests' / 'integration' / 'targets'}",
+        "host_key_checking = False",
+        "interpreter_python = /usr/bin/python3",
+        "timeout = 30",
+        "forks = 10",
+        "",
+        "[ssh_connection]",
+        "pipelining = True",
+        "ssh_args = -o ControlMaster=auto -o ControlPersist=120s",
+        "",
+    ]
+    (STATE / "ansible.cfg").write_text("\n".join(cfg))
+
+
+# ------------------------------------------------------------------------------------------------ subcommands
+def cmd_up(fleet, names, fresh=False):
+    STATE.mkdir(parents=True, exist_ok=True)
+    ensure_host_tools()
+    image = build_image()
+    accel = choose_accel(fleet)
+    write_inventory(fleet)
+    if fresh:
+        for name in names:
+            stop_guest(name)
+            discard_overlay(name)
+    todo = [name for name in names if read_pid(name) is None]
+    for name in names:
+        if name not in todo:
+            log(f"{name}: already running (pid {read_pid(name)})")
+    started = {}
+    restart = {}
+    for name in todo:
+        started[name] = start_guest(name, fleet["guests"][name], fleet, image, accel)
+        restart[name] = functools.partial(start_guest, name, fleet["guests"][name], fleet, image, accel)
+        log(f"{name}: QEMU started ({accel}), pid {read_pid(name)}, ssh port {fleet['guests'][name]['ssh_port']}")
+    wait_all(fleet, names, started, restart)
+    log(f"lab up: {', '.join(names)}; inventory {STATE / 'inventory.yml'}")
+
+
+def boot_wait(name, guest, started, restart):
+    """wait_ssh; a guest whose kernel panicked at boot (a TCG timing flake) is restarted once, loudly."""
+    try:
+        return wait_ssh(name, guest, started)
+    except GuestPanic as exc:
+        if restart is None:
+            raise
+        log(f"{exc}\n{name}: restarting it once after the kernel panic above")
+        stop_guest(name, graceful=False)
+        (gdir(name) / "console.log").rename(gdir(name) / "console.panic.log")
+        return wait_ssh(name, guest, restart())
+
+
+def wait_all(fleet, names, started, restart=None):
+    """Wait for ssh on every guest in parallel, then install the helpers. Raises if any guest failed."""
+    restart = restart or {}
+    now = time.monotonic()
+    errors, threads = {}, []
+
+    def worker(name):
+        guest = fleet["guests"][name]
+        try:
+            seconds = boot_wait(name, guest, started.get(name, now), restart.get(name))
+            install_helpers(guest)
+            what = "boot to ssh" if name in started else "ssh"
+            log(f"{name}: {what} in {seconds:.0f} s")
+        except (LabError, OSError, subprocess.SubprocessError) as exc:
+            errors[name] = str(exc)
+
+    for name in names:
+        thread = threading.Thread(target=worker, args=(name,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise LabError("\n\n".join(errors.values()))
+
+
+def discard_overlay(name):
+    for leftover in ("overlay.qcow2", "base", "nvme.raw"):
+        (gdir(name) / leftover).unlink(missing_ok=True)
+
+
+def cmd_down(fleet, names):
+    errors = []
+    threads = [threading.Thread(target=collect(errors, stop_guest), args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise LabError("\n".join(errors))
+
+
+def collect(errors, func):
+    def run(*args):
+        try:
+            func(*args)
+        except (LabError, OSError) as exc:
+            errors.append(str(exc))
+
+    return run
+
+
+def cmd_status(fleet, names):
+    print(f"{'guest':<9} {'state':<8} {'pid':>7} {'port':>6} {'ssh':<4} {'iommu':<6} overlay")
+    for name in names:
+        guest = fleet["guests"][name]
+        pid = read_pid(name)
+        reach = ("yes" if ssh_ok(guest, 10) else "no") if pid else "-"
+        overlay = gdir(name) / "overlay.qcow2"
+        size = f"{overlay.stat().st_blocks * 512 // 2**20} MiB" if overlay.exists() else "none"
+        row = f"{name:<9} {'running' if pid else 'stopped':<8} {pid or '-':>7} {guest['ssh_port']:>6} {reach:<4}"
+        print(f"{row} {guest['iommu']:<6} {size}")
+
+
+def cmd_ssh(fleet, name, command):
+    argv = ssh_base(fleet["guests"][name])
+    argv += command
+    os.execvp(argv[0], argv)
+
+
+def cmd_reset(fleet, names):
+    cmd_down(fleet, names)
+    for name in names:
+        discard_overlay(name)
+        log(f"{name}: overlay discarded (back to the pristine image)")
+    cmd_up(fleet, names)
+
+
+def cmd_wait(fleet, names):
+    for name in names:
+        if read_pid(name) is None:
+            raise LabError(f"{name}: not running (lab.py up {name})")
+    wait_all(fleet, names, {})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build the image if needed and boot guests")
+    up.add_argument("--fresh", action="store_true", help="discard the guests' overlays first (pristine guests)")
+    up.add_argument("hosts", nargs="*")
+    sub.add_parser("down", help="power guests off").add_argument("hosts", nargs="*")
+    sub.add_parser("status", help="state of every guest").add_argument("hosts", nargs="*")
+    ssh = sub.add_parser("ssh", help="ssh into a guest as root")
+    ssh.add_argument("host")
+    ssh.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("reset", help="back to the pristine image").add_argument("hosts", nargs="+")
+    sub.add_parser("wait", help="wait for ssh (after a reboot)").add_argument("hosts", nargs="+")
+    console = sub.add_parser("console", help="tail of a guest's console log")
+    console.add_argument("host")
+    console.add_argument("lines", nargs="?", type=int, default=CONSOLE_TAIL)
+    args = parser.parse_args(argv)
+    fleet = load_fleet()
+    try:
+        return dispatch(fleet, args)
+    except LabError as exc:
+        print(f"lab.py {args.cmd}: ERROR: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"lab.py {args.cmd}: ERROR: {' '.join(map(str, exc.cmd))} exited {exc.returncode}", file=sys.stderr)
+        return 1
+
+
+def dispatch(fleet, args):
+    if args.cmd in ("ssh", "console"):
+        name = select(fleet, [args.host])[0]
+        if args.cmd == "console":
+            print(console_tail(name, args.lines))
+            return 0
+        cmd_ssh(fleet, name, args.command)
+    names = select(fleet, args.hosts)
+    if args.cmd == "up":
+        cmd_up(fleet, names, args.fresh)
+    else:
+        {"down": cmd_down, "status": cmd_status, "reset": cmd_reset, "wait": cmd_wait}[args.cmd](fleet, names)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
