@@ -1,0 +1,410 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Kernel modules in the initramfs: initramfs-tools, dracut and mkinitcpio backends.
+
+Pure planning (config file content, which kernels to regenerate) plus listing of images through a command
+runner ``run(argv) -> (rc, stdout, stderr)``; every path is below a root prefix so unit tests use fake trees.
+"""
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+import os
+import re
+
+MARKER = "# Managed by hostdev.vfio.initramfs: do not edit by hand."
+BACKENDS = ("initramfs-tools", "dracut", "mkinitcpio")
+# vfio_virqfd was merged into the vfio module in Linux 6.2.
+VIRQFD = "vfio_virqfd"
+_MODULE_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class InitramfsError(Exception):
+    """A request or host state the module cannot handle; the message says what to do."""
+
+
+def norm(name: str) -> str:
+    """Module names: '-' and '_' are the same character to modprobe."""
+    return name.replace("-", "_")
+
+
+def rooted(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def kernel_tuple(version: str) -> tuple[int, int]:
+    m = re.match(r"^(\d+)\.(\d+)", version)
+    if not m:
+        raise InitramfsError(f"cannot read the kernel version {version!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def modules_for_kernel(modules: list[str], version: str) -> list[str]:
+    """The modules a kernel of this version needs: vfio_virqfd only before 6.2 (it is part of vfio since)."""
+    return [m for m in modules if norm(m) != VIRQFD or kernel_tuple(version) < (6, 2)]
+
+
+def validate_modules(modules: list[str]) -> list[str]:
+    out = []
+    for m in modules:
+        if not isinstance(m, str) or not _MODULE_RE.match(m):
+            raise InitramfsError(f"module name {m!r} is not valid: use letters, digits, '_' and '-' only")
+        if norm(m) not in [norm(x) for x in out]:
+            out.append(m)
+    return out
+
+
+def installed_kernels(root: str) -> list[str]:
+    """Kernel versions with a directory under /lib/modules and a kernel image (/boot/vmlinuz-V or .../V/vmlinuz)."""
+    mod_dir = rooted(root, "/lib/modules")
+    if not os.path.isdir(mod_dir):
+        return []
+    out = []
+    for ver in sorted(os.listdir(mod_dir)):
+        if os.path.exists(rooted(root, f"/boot/vmlinuz-{ver}")) or os.path.exists(
+            os.path.join(mod_dir, ver, "vmlinuz")
+        ):
+            out.append(ver)
+    return out
+
+
+def kernel_module_index(root: str, version: str) -> tuple[set[str], set[str]]:
+    """(loadable, built-in) module names of a kernel, from modules.dep and modules.builtin."""
+    base = rooted(root, f"/lib/modules/{version}")
+    loadable, builtin = set(), set()
+    for fname, target in (("modules.dep", loadable), ("modules.builtin", builtin)):
+        text = read_text(os.path.join(base, fname)) or ""
+        for line in text.splitlines():
+            path = line.split(":", 1)[0].strip()
+            if path:
+                target.add(norm(re.sub(r"\.ko(\.\w+)?$", "", os.path.basename(path))))
+    return loadable, builtin
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration files
+# ---------------------------------------------------------------------------------------------------------------
+def edit_modules_file(text: str | None, modules: list[str], present: bool) -> str | None:
+    """/etc/initramfs-tools/modules: one module per line (with optional parameters); keep every other byte.
+
+    Missing modules are appended at the end; with ``present=False`` the lines naming them are removed.
+    """
+    text = text or ""
+    lines = text.splitlines(True)
+    names = []
+    for line in lines:
+        stripped = line.strip()
+        names.append(norm(stripped.split()[0]) if stripped and not stripped.startswith("#") else None)
+    if present:
+        add = [m for m in modules if norm(m) not in names]
+        if not add:
+            return text
+        if text and not text.endswith("\n"):
+            text += "\n"
+        return text + "".join(f"{m}\n" for m in add)
+    drop = {norm(m) for m in modules}
+    return "".join(line for line, n in zip(lines, names, strict=True) if n not in drop)
+
+
+def _parse_list_file(text: str | None, pattern: str) -> list[str]:
+    if not text:
+        return []
+    out = []
+    for m in re.finditer(pattern, text, re.M):
+        out += m.group(1).split()
+    return out
+
+
+def dracut_modules(text: str | None) -> list[str]:
+    return _parse_list_file(text, r'^\s*force_drivers\+=\s*"([^"]*)"')
+
+
+def render_dracut(modules: list[str]) -> str:
+    return (
+        f"{MARKER}\n"
+        "# force_drivers: these modules are put into the initramfs and loaded early (modprobe) by dracut.\n"
+        f'force_drivers+=" {" ".join(modules)} "\n'
+    )
+
+
+def mkinitcpio_modules(text: str | None) -> list[str]:
+    return _parse_list_file(text, r"^\s*MODULES\+=\(([^)]*)\)")
+
+
+def render_mkinitcpio(modules: list[str]) -> str:
+    return (
+        f"{MARKER}\n"
+        "# Sourced after /etc/mkinitcpio.conf: these modules are put into the initramfs and loaded early.\n"
+        f"MODULES+=({' '.join(modules)})\n"
+    )
+
+
+def _owned_file(before: str | None, current: list[str], modules: list[str], present: bool, render) -> str | None:
+    if present:
+        new = current + [m for m in modules if norm(m) not in [norm(c) for c in current]]
+    else:
+        drop = {norm(m) for m in modules}
+        new = [c for c in current if norm(c) not in drop]
+    if before is not None and MARKER in before and new == current:
+        return before
+    return render(new) if new else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------
+def image_path(root: str, backend: str, version: str) -> str:
+    if backend == "initramfs-tools":
+        return rooted(root, f"/boot/initrd.img-{version}")
+    if backend == "dracut":
+        for cand in (f"/boot/initramfs-{version}.img", f"/boot/initrd.img-{version}", f"/boot/initrd-{version}"):
+            if os.path.exists(rooted(root, cand)):
+                return rooted(root, cand)
+        return rooted(root, f"/boot/initramfs-{version}.img")
+    return rooted(root, f"/boot/initramfs-{version}.img")
+
+
+def parse_listing(text: str) -> list[str]:
+    """Paths in an image listing: lsinitramfs prints one path a line, lsinitrd/lsinitcpio an ``ls -l`` like line."""
+    out = []
+    for line in text.splitlines():
+        line = line.rstrip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) >= 9 and re.match(r"^[-dlcbps][rwxsStT-]{9}", parts[0]):
+            path = parts[8] if len(parts) == 9 else " ".join(parts[8:]).split(" -> ", maxsplit=1)[0]
+        else:
+            path = line.strip()
+        out.append(path.lstrip("./").lstrip("/") if path not in (".", "./") else "")
+    return [p for p in out if p]
+
+
+def image_contents(paths: list[str]) -> tuple[set[str], set[str]]:
+    """(module names, file paths without leading '/') in an image listing."""
+    mods = set()
+    for p in paths:
+        m = re.search(r"/([^/]+)\.ko(\.\w+)?$", "/" + p)
+        if m:
+            mods.add(norm(m.group(1)))
+    return mods, set(paths)
+
+
+def check_image(paths: list[str], modules: list[str], builtin: set[str], files: list[str]) -> dict:
+    mods, files_in = image_contents(paths)
+    merged = {p[4:] for p in files_in if p.startswith("usr/")}
+    missing_mods = [m for m in modules if norm(m) not in mods and norm(m) not in builtin]
+    missing_files = []
+    for f in files:
+        rel = f.lstrip("/")
+        if rel not in files_in and rel not in merged and ("usr/" + rel) not in files_in:
+            missing_files.append(f)
+    return {
+        "modules": sorted(m for m in (norm(x) for x in modules) if m in mods),
+        "builtin": sorted(m for m in (norm(x) for x in modules) if m in builtin),
+        "files": [f for f in files if f not in missing_files],
+        "missing_modules": missing_mods,
+        "missing_files": missing_files,
+    }
+
+
+def list_image(run, backend: str, image: str, tools: dict) -> list[str]:
+    if backend == "initramfs-tools":
+        argv = [tools["lsinitramfs"], image]
+    elif backend == "dracut":
+        argv = [tools["lsinitrd"], image]
+    else:
+        argv = [tools["lsinitcpio"], "-l", image]
+    rc, out, err = run(argv)
+    if rc != 0:
+        raise InitramfsError(f"listing {image} failed: {' '.join(argv)} rc={rc}: {(err or out).strip()}")
+    return parse_listing(out)
+
+
+def regenerate_argv(backend: str, version: str, image: str, tools: dict) -> list[str]:
+    if backend == "initramfs-tools":
+        return [tools["update-initramfs"], "-u", "-k", version]
+    if backend == "dracut":
+        return [tools["dracut"], "-f", "--kver", version, image]
+    return [tools["mkinitcpio"], "-P"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------------------------
+class Plan:
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.config_path = ""
+        self.config_before: str | None = None
+        self.config_after: str | None = None
+        self.kernels: list[str] = []
+        self.regenerate: list[str] = []
+        self.reasons: dict[str, str] = {}
+        self.images: dict[str, dict] = {}
+        self.modules_by_kernel: dict[str, list[str]] = {}
+        self.warnings: list[str] = []
+        self.targets: list[tuple[str, str, str]] = []  # (key, kernel version, image path)
+        self.commands: list[list[str]] = []
+
+    @property
+    def config_changed(self) -> bool:
+        return self.config_after != self.config_before
+
+    @property
+    def changed(self) -> bool:
+        return self.config_changed or bool(self.regenerate)
+
+
+def plan_initramfs(
+    root: str,
+    backend: str,
+    modules: list[str],
+    present: bool,
+    regenerate: str,
+    kernel_versions: list[str] | None,
+    verify_files: list[str],
+    files_changed: bool,
+    name: str,
+    run,
+    tools: dict,
+) -> Plan:
+    """Compute the configuration change and which kernels' images to regenerate (reading the current images)."""
+    plan = Plan(backend)
+    modules = validate_modules(modules)
+    kernels = list(kernel_versions) if kernel_versions else installed_kernels(root)
+    if not kernels:
+        raise InitramfsError(
+            f"no installed kernel found (a directory under {rooted(root, '/lib/modules')} with a matching "
+            "/boot/vmlinuz-VERSION); give kernel_versions"
+        )
+    plan.kernels = kernels
+    indexes = {v: kernel_module_index(root, v) for v in kernels}
+    for v in kernels:
+        plan.modules_by_kernel[v] = modules_for_kernel(modules, v)
+    if present:
+        for m in modules:
+            known = [
+                v for v in kernels if norm(m) in indexes[v][0] | indexes[v][1] or not (indexes[v][0] | indexes[v][1])
+            ]
+            if not known and not (norm(m) == VIRQFD and all(kernel_tuple(v) >= (6, 2) for v in kernels)):
+                raise InitramfsError(
+                    f"module {m!r} does not exist for any of the kernels {', '.join(kernels)} "
+                    "(not in modules.dep or modules.builtin); check the name"
+                )
+    # vfio_virqfd only goes into the configuration when a kernel before 6.2 needs it.
+    config_modules = [m for m in modules if norm(m) != VIRQFD or any(m in plan.modules_by_kernel[v] for v in kernels)]
+    if present and len(config_modules) != len(modules):
+        plan.warnings.append("vfio_virqfd is part of vfio since Linux 6.2: not added for these kernels")
+
+    if backend == "initramfs-tools":
+        plan.config_path = rooted(root, "/etc/initramfs-tools/modules")
+        plan.config_before = read_text(plan.config_path)
+        plan.config_after = edit_modules_file(plan.config_before, config_modules, present)
+        if plan.config_before is None and not present:
+            plan.config_after = None
+    elif backend == "dracut":
+        plan.config_path = rooted(root, f"/etc/dracut.conf.d/{name}.conf")
+        plan.config_before = read_text(plan.config_path)
+        plan.config_after = _owned_file(
+            plan.config_before, dracut_modules(plan.config_before), config_modules, present, render_dracut
+        )
+    elif backend == "mkinitcpio":
+        confd = rooted(root, "/etc/mkinitcpio.conf.d")
+        if not os.path.isdir(confd):
+            raise InitramfsError(
+                f"{confd} does not exist (mkinitcpio older than v36?): add the modules to MODULES=() in "
+                "/etc/mkinitcpio.conf yourself"
+            )
+        plan.config_path = os.path.join(confd, f"{name}.conf")
+        plan.config_before = read_text(plan.config_path)
+        plan.config_after = _owned_file(
+            plan.config_before, mkinitcpio_modules(plan.config_before), config_modules, present, render_mkinitcpio
+        )
+    else:
+        raise InitramfsError(f"unknown backend {backend!r}")
+
+    if backend == "mkinitcpio":
+        # mkinitcpio names images after presets (initramfs-linux.img), not kernel versions: one key per image,
+        # regenerated together by ``mkinitcpio -P``; vfio_virqfd is wanted when any installed kernel needs it.
+        images = (
+            sorted(
+                f
+                for f in os.listdir(rooted(root, "/boot"))
+                if re.match(r"^initramfs-.*\.img$", f) and "-fallback" not in f
+            )
+            if os.path.isdir(rooted(root, "/boot"))
+            else []
+        )
+        oldest = min(kernels, key=kernel_tuple)
+        targets = [(f, oldest, rooted(root, f"/boot/{f}")) for f in images] or [
+            (oldest, oldest, image_path(root, backend, oldest))
+        ]
+        plan.modules_by_kernel = {t[0]: plan.modules_by_kernel[t[1]] for t in targets}
+    else:
+        targets = [(v, v, image_path(root, backend, v)) for v in kernels]
+    plan.targets = targets
+    for key, ver, image in targets:
+        info = {"image": image, "exists": os.path.exists(image)}
+        want = plan.modules_by_kernel[key] if present else []
+        if info["exists"] and regenerate == "auto" and not plan.config_changed and not files_changed:
+            info.update(check_image(list_image(run, backend, image, tools), want, indexes[ver][1], verify_files))
+        plan.images[key] = info
+        if regenerate == "never":
+            continue
+        if regenerate == "always":
+            plan.reasons[key] = "regenerate=always"
+        elif plan.config_changed:
+            plan.reasons[key] = "configuration changed"
+        elif files_changed:
+            plan.reasons[key] = "a file copied into the image changed"
+        elif not info["exists"]:
+            plan.reasons[key] = "no image yet"
+        elif present and (info.get("missing_modules") or info.get("missing_files")):
+            plan.reasons[key] = "image lacks " + ", ".join(info["missing_modules"] + info["missing_files"])
+        else:
+            continue
+        plan.regenerate.append(key)
+    if plan.regenerate:
+        if backend == "mkinitcpio":
+            plan.commands = [[tools["mkinitcpio"], "-P"]]
+        else:
+            plan.commands = [regenerate_argv(backend, t[0], t[2], tools) for t in targets if t[0] in plan.regenerate]
+    return plan
+
+
+def verify(plan: Plan, root: str, present: bool, verify_files: list[str], run, tools: dict) -> list[str]:
+    """List every image again; return the problems (missing modules or files) of state=present."""
+    problems = []
+    for key, ver, image in plan.targets:
+        if not os.path.exists(image):
+            if present:
+                problems.append(f"{image} does not exist")
+            continue
+        want = plan.modules_by_kernel[key] if present else []
+        listing = list_image(run, plan.backend, image, tools)
+        info = check_image(listing, want, kernel_module_index(root, ver)[1], verify_files if present else [])
+        plan.images[key].update(info)
+        plan.images[key]["exists"] = True
+        if present and (info["missing_modules"] or info["missing_files"]):
+            problems.append(f"{image} lacks {', '.join(info['missing_modules'] + info['missing_files'])}")
+    return problems
+
+
+def detect_backend(root: str, which) -> str:
+    if which("update-initramfs") and os.path.isdir(rooted(root, "/etc/initramfs-tools")):
+        return "initramfs-tools"
+    if which("dracut") and os.path.isdir(rooted(root, "/etc/dracut.conf.d")):
+        return "dracut"
+    if which("mkinitcpio"):
+        return "mkinitcpio"
+    return ""

@@ -1,0 +1,736 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kernel command line: parse/render/apply as pure functions, value checks, and the boot-loader backends.
+
+Every backend takes a root prefix for the files it reads and writes and a command runner
+``run(argv) -> (rc, stdout, stderr)``, so unit tests drive it with a fake tree and fake commands.
+"""
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+import difflib
+import os
+import re
+import shlex
+
+MARKER = "# Managed by hostdev.vfio.kernel_cmdline: do not edit by hand."
+BACKENDS = ("grub", "grubby", "systemd-boot", "proxmox", "rpm-ostree", "bootc")
+
+
+class CmdlineError(Exception):
+    """A request or a host state the module cannot handle; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure functions: parse, render, apply
+# ---------------------------------------------------------------------------------------------------------------
+def parse_cmdline(text: str) -> list[tuple[str, str | None]]:
+    """Split a kernel command line into ``(name, value)`` pairs in order, following lib/cmdline.c next_arg().
+
+    Double quotes group spaces (``a="b c"`` and ``"a=b c"`` both give ``("a", "b c")``); a bare flag has the
+    value ``None``; ``a=`` has the value ``""``. ``--`` (start of init's arguments) is returned as ``("--", None)``.
+    """
+    out: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        quoted = text[i] == '"'
+        if quoted:
+            i += 1
+        start, in_quote, equals = i, quoted, -1
+        while i < n and not (text[i].isspace() and not in_quote):
+            if equals < 0 and text[i] == "=":
+                equals = i
+            if text[i] == '"':
+                in_quote = not in_quote
+            i += 1
+        token = text[start:i]
+        if equals >= 0:
+            name, value = text[start:equals], text[equals + 1 : i]
+            if value.startswith('"'):
+                value = value[1:]
+                if value.endswith('"'):
+                    value = value[:-1]
+            elif quoted and value.endswith('"'):
+                value = value[:-1]
+            out.append((name, value))
+        else:
+            if quoted and token.endswith('"'):
+                token = token[:-1]
+            out.append((token, None))
+    return out
+
+
+def render_arg(name: str, value: str | None) -> str:
+    """One argument as the kernel reads it: values with spaces are quoted."""
+    if value is None:
+        return name
+    if value == "" or re.search(r"\s", value):
+        return f'{name}="{value}"' if value else f"{name}="
+    return f"{name}={value}"
+
+
+def render_cmdline(args: list[tuple[str, str | None]]) -> str:
+    return " ".join(render_arg(n, v) for n, v in args)
+
+
+def canonical_name(name: str) -> str:
+    """The kernel treats ``-`` and ``_`` in parameter names as the same character."""
+    return name.replace("-", "_")
+
+
+def parse_request(items: list[str] | None, what: str) -> list[tuple[str, str | None]]:
+    """Parse the user's ``args``/``remove`` entries, one argument each, and refuse what cannot be written safely."""
+    out = []
+    for item in items or []:
+        if not isinstance(item, str) or not item.strip():
+            raise CmdlineError(f"{what}: empty entry {item!r}; give one kernel argument per list item")
+        parsed = parse_cmdline(item)
+        if len(parsed) != 1:
+            raise CmdlineError(f"{what}: {item!r} is not one argument; give one kernel argument per list item")
+        name, value = parsed[0]
+        if not name or name == "--" or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise CmdlineError(
+                f"{what}: parameter name {name!r} in {item!r} is not valid; names are letters, digits, '_', '-', '.'"
+            )
+        if value is not None and re.search(r"[\s\"'\\$`]", value):
+            raise CmdlineError(
+                f"{what}: the value of {item!r} contains whitespace, a quote, a backslash, '$' or '`'; "
+                "such values cannot be written safely to boot-loader configuration"
+            )
+        out.append((name, value))
+    return out
+
+
+def apply_cmdline(
+    current: list[tuple[str, str | None]],
+    args: list[tuple[str, str | None]],
+    remove: list[tuple[str, str | None]],
+) -> list[tuple[str, str | None]]:
+    """The new argument list: removals dropped, values of existing names replaced in place, new ones appended.
+
+    A ``remove`` entry with a value drops only that name=value; without a value it drops every occurrence of
+    the name. An ``args`` entry gives its name exactly one value: the first occurrence is set in place and
+    later duplicates are dropped. New arguments go to the end, before ``--`` when there is one. Unrelated
+    arguments keep their order and spelling.
+    """
+    drop_any = {canonical_name(n) for n, v in remove if v is None}
+    drop_exact = {(canonical_name(n), v) for n, v in remove if v is not None}
+    wanted = {}
+    for n, v in args:
+        wanted[canonical_name(n)] = (n, v)
+    result: list[tuple[str, str | None]] = []
+    seen = set()
+    init_args: list[tuple[str, str | None]] = []
+    in_init = False
+    for n, v in current:
+        if in_init:
+            init_args.append((n, v))
+            continue
+        if n == "--":
+            in_init = True
+            init_args.append((n, v))
+            continue
+        key = canonical_name(n)
+        if key in wanted:
+            if key in seen:
+                continue
+            seen.add(key)
+            result.append((n, wanted[key][1]))
+            continue
+        if key in drop_any or (key, v) in drop_exact:
+            continue
+        result.append((n, v))
+    for key, (n, v) in wanted.items():
+        if key not in seen:
+            result.append((n, v))
+    return result + init_args
+
+
+def satisfied(
+    current: list[tuple[str, str | None]],
+    args: list[tuple[str, str | None]],
+    remove: list[tuple[str, str | None]],
+) -> bool:
+    """Whether a command line already has every wanted argument (as its only value) and none of the removed ones."""
+    return apply_cmdline(current, args, remove) == list(current)
+
+
+def missing_and_present(current, args, remove) -> tuple[list[str], list[str]]:
+    """The wanted arguments a command line lacks, and the removed arguments it still has (as text)."""
+    by_name: dict[str, list[str | None]] = {}
+    for n, v in current:
+        by_name.setdefault(canonical_name(n), []).append(v)
+    missing = [render_arg(n, v) for n, v in args if by_name.get(canonical_name(n)) != [v]]
+    present = []
+    for n, v in remove:
+        values = by_name.get(canonical_name(n), [])
+        if (v is None and values) or (v is not None and v in values):
+            present.append(render_arg(n, v))
+    return missing, present
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Known values of IOMMU parameters (Documentation/admin-guide/kernel-parameters.txt)
+# ---------------------------------------------------------------------------------------------------------------
+_AMD_IOMMU = (
+    "fullflush",
+    "off",
+    "force_isolation",
+    "force_enable",
+    "pgtbl_v1",
+    "pgtbl_v2",
+    "irtcachedis",
+    "nohugepages",
+    "v2_pgsizes_only",
+)
+_INTEL_IOMMU = (
+    "on",
+    "off",
+    "igfx_off",
+    "forcedac",
+    "strict",
+    "sp_off",
+    "sm_on",
+    "sm_off",
+    "tboot_noforce",
+    "nobounce",
+    "ecs_off",
+    "pasid28",
+)
+_IOMMU = (
+    "off",
+    "force",
+    "noforce",
+    "biomerge",
+    "panic",
+    "nopanic",
+    "merge",
+    "nomerge",
+    "soft",
+    "pt",
+    "nopt",
+    "forcesac",
+    "allowdac",
+    "nodac",
+    "usedac",
+    "calgary",
+    "fullflush",
+    "nofullflush",
+    "noagp",
+    "noaperture",
+    "leak",
+    "memaper",
+    "allowed",
+)
+_BOOL = ("0", "1", "y", "n", "yes", "no", "on", "off", "true", "false")
+
+
+def _token_problem(name: str, value: str | None, allowed: tuple[str, ...], hint: str = "") -> str | None:
+    if value is None or value == "":
+        return f"{name} needs a value (one or more of: {', '.join(allowed)})"
+    for token in value.split(","):
+        base = token.split("=", 1)[0]
+        if name == "iommu" and (base.isdigit() or re.fullmatch(r"\d+[kKmMgG]?", base)):
+            continue
+        if base not in allowed:
+            return f"{name}={value}: {token!r} is not a value the kernel knows (valid: {', '.join(allowed)}){hint}"
+    return None
+
+
+def value_problem(name: str, value: str | None) -> str | None:
+    """Why a known IOMMU parameter's value is wrong, or None when it is fine or the parameter is not checked."""
+    key = canonical_name(name)
+    if key == "amd_iommu":
+        hint = ""
+        if value in ("on", "1", "y", "yes", "true", "enable", "enabled"):
+            hint = (
+                "; the AMD IOMMU is used whenever the firmware enables it, so amd_iommu=on does nothing. "
+                "Drop it (use iommu=pt for pass-through mode)"
+            )
+        return _token_problem("amd_iommu", value, _AMD_IOMMU, hint)
+    if key == "intel_iommu":
+        return _token_problem("intel_iommu", value, _INTEL_IOMMU)
+    if key == "iommu":
+        hint = "; to turn the IOMMU on use intel_iommu=on (Intel) and iommu=pt" if value in ("on", "1") else ""
+        return _token_problem("iommu", value, _IOMMU, hint)
+    if key in ("iommu.passthrough", "iommu.strict") and (value is None or value.lower() not in _BOOL):
+        return f"{name}={value if value is not None else ''}: the kernel expects 0 or 1"
+    return None
+
+
+def check_values(args: list[tuple[str, str | None]]) -> list[str]:
+    return [p for p in (value_problem(n, v) for n, v in args) if p]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers shared by the backends
+# ---------------------------------------------------------------------------------------------------------------
+def rooted(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def file_diff(path: str, before: str | None, after: str | None) -> dict:
+    return {
+        "before_header": path if before is not None else "/dev/null",
+        "after_header": path if after is not None else "/dev/null",
+        "before": before or "",
+        "after": after or "",
+    }
+
+
+def unified(path: str, before: str | None, after: str | None) -> str:
+    return "".join(
+        difflib.unified_diff(
+            (before or "").splitlines(True), (after or "").splitlines(True), fromfile=path, tofile=path
+        )
+    )
+
+
+def _run_ok(run, argv: list[str], what: str) -> str:
+    rc, out, err = run(argv)
+    if rc != 0:
+        raise CmdlineError(f"{what}: {' '.join(argv)} failed with rc={rc}: {(err or out).strip()}")
+    return out
+
+
+class Plan:
+    """What a backend will do: file writes/removals, commands, and the command line before and after."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.files: list[tuple[str, str | None, str | None]] = []  # (path, before, after); after None = delete
+        self.commands: list[list[str]] = []
+        self.cmdline_before: list[tuple[str, str | None]] = []
+        self.cmdline_after: list[tuple[str, str | None]] = []
+        self.entries: list[dict] = []
+        self.notes: list[str] = []
+        # re-reads the configured command line(s) after the change: () -> list of parsed command lines
+        self.verify = lambda: [self.cmdline_after]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.files or self.commands)
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "files": [f[0] for f in self.files],
+            "commands": [list(c) for c in self.commands],
+            "cmdline_before": render_cmdline(self.cmdline_before),
+            "cmdline_after": render_cmdline(self.cmdline_after),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GRUB on Debian/Ubuntu: /etc/default/grub + /etc/default/grub.d/<name>.cfg + update-grub
+# ---------------------------------------------------------------------------------------------------------------
+_ASSIGN = re.compile(r"^(?P<lead>\s*(?:export\s+)?)(?P<var>GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(?P<rest>.*)$")
+
+
+def _shell_value_span(rest: str) -> tuple[int, int, str] | None:
+    """Locate the value of ``VAR=...``: (start, end, quote char) within ``rest``; None when it is not simple."""
+    if rest.startswith('"'):
+        end = rest.find('"', 1)
+        if end < 0 or "\\" in rest[1:end] or "`" in rest[1:end] or "$(" in rest[1:end]:
+            return None
+        return 1, end, '"'
+    if rest.startswith("'"):
+        end = rest.find("'", 1)
+        return (1, end, "'") if end > 0 else None
+    m = re.match(r"[^\s;#\"'`\\$]*", rest)
+    return 0, m.end(), ""
+
+
+def _grub_assignments(text: str) -> list[tuple[int, str, int, int]]:
+    """(line index, var, value start, value end) of each simple GRUB_CMDLINE_LINUX[_DEFAULT]= assignment."""
+    found = []
+    for idx, line in enumerate(text.splitlines(True)):
+        m = _ASSIGN.match(line.rstrip("\n"))
+        if not m:
+            continue
+        span = _shell_value_span(m.group("rest"))
+        if span is None:
+            raise CmdlineError(
+                f"cannot edit {m.group('var')} in /etc/default/grub line {idx + 1}: {line.strip()!r} is not a simple "
+                "quoted value (no command substitution, backslashes or unterminated quotes); simplify it first"
+            )
+        off = m.start("rest")
+        found.append((idx, m.group("var"), off + span[0], off + span[1]))
+    return found
+
+
+def _token_pair(tok: str) -> tuple[str, str | None]:
+    parsed = parse_cmdline(tok)
+    return parsed[0] if parsed else (tok, None)
+
+
+def _edit_value(value: str, args, remove, seen: set) -> str:
+    """Change existing names and drop removed arguments in a shell variable's value, token by token.
+
+    Untouched tokens and the spacing between them stay byte for byte; tokens holding ``$`` (shell references)
+    are never matched. New arguments are never added here (they go to the drop-in). ``seen`` carries the names
+    already given their value across the assignments, so a later duplicate is dropped.
+    """
+    wanted = {canonical_name(n): (n, v) for n, v in args}
+    drop_any = {canonical_name(n) for n, v in remove if v is None}
+    drop_exact = {(canonical_name(n), v) for n, v in remove if v is not None}
+    out = []
+    for m in re.finditer(r"\S+", value):
+        tok = m.group(0)
+        if "$" in tok:
+            continue
+        n, v = _token_pair(tok)
+        key = canonical_name(n)
+        if key in wanted:
+            replacement = None if key in seen else render_arg(n, wanted[key][1])
+            seen.add(key)
+        elif key in drop_any or (key, v) in drop_exact:
+            replacement = None
+        else:
+            continue
+        if replacement == tok:
+            continue
+        start, end = m.span()
+        if replacement is None:  # drop the token and the whitespace before it (or after it, at the start)
+            if start > 0:
+                start = len(value[:start].rstrip())
+            else:
+                end = len(value) - len(value[end:].lstrip())
+            out.append((start, end, ""))
+        else:
+            out.append((start, end, replacement))
+    for start, end, text in reversed(out):
+        value = value[:start] + text + value[end:]
+    return value
+
+
+def _parse_dropin(text: str | None) -> list[tuple[str, str | None]]:
+    if not text:
+        return []
+    for line in text.splitlines():
+        m = re.match(r'^GRUB_CMDLINE_LINUX_DEFAULT="\$GRUB_CMDLINE_LINUX_DEFAULT ?(.*)"\s*$', line)
+        if m:
+            return parse_cmdline(m.group(1))
+    return []
+
+
+def _render_dropin(args: list[tuple[str, str | None]]) -> str:
+    return (
+        f"{MARKER}\n"
+        "# Appends kernel arguments to GRUB_CMDLINE_LINUX_DEFAULT; run update-grub after changing it.\n"
+        f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {render_cmdline(args)}"\n'
+    )
+
+
+def grub_cfg_cmdline(text: str | None) -> list[tuple[str, str | None]] | None:
+    """The arguments of the first ``linux`` line of a generated grub.cfg (the default entry), kernel path excluded."""
+    if not text:
+        return None
+    for line in text.splitlines():
+        m = re.match(r"^\s*linux(?:efi|16)?\s+(\S+)\s*(.*)$", line)
+        if m:
+            return parse_cmdline(m.group(2))
+    return None
+
+
+def plan_grub(
+    root: str,
+    args,
+    remove,
+    name: str,
+    grub_cfg: str = "/boot/grub/grub.cfg",
+    regen: list[str] | None = None,
+) -> Plan:
+    plan = Plan("grub")
+    main_path = rooted(root, "/etc/default/grub")
+    dropin_dir = rooted(root, "/etc/default/grub.d")
+    dropin_path = os.path.join(dropin_dir, f"{name}.cfg")
+    main = read_text(main_path)
+    if main is None:
+        raise CmdlineError(f"{main_path} does not exist: this host does not use Debian's GRUB configuration")
+    # Arguments in other drop-ins cannot be edited by this module: refuse to pretend.
+    others = []
+    if os.path.isdir(dropin_dir):
+        for fn in sorted(os.listdir(dropin_dir)):
+            if fn.endswith(".cfg") and fn != f"{name}.cfg":
+                others.append((fn, read_text(os.path.join(dropin_dir, fn)) or ""))
+    for fn, text in others:
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        toks = {canonical_name(_token_pair(t)[0]) for t in re.split(r"[\s\"']+", code) if t}
+        for n, _v in remove:
+            if canonical_name(n) in toks:
+                raise CmdlineError(
+                    f"{n} appears in /etc/default/grub.d/{fn}, which this module does not edit; "
+                    "remove it there by hand (or with ansible.builtin.lineinfile)"
+                )
+
+    # 1. Edit /etc/default/grub surgically: only existing names to change and arguments to remove.
+    lines = main.splitlines(True)
+    seen: set = set()
+    for idx, _var, start, end in _grub_assignments(main):
+        line = lines[idx]
+        head = line.rstrip("\n")
+        value = head[start:end]
+        new_value = _edit_value(value, args, remove, seen)
+        if new_value != value:
+            lines[idx] = head[:start] + new_value + head[end:] + line[len(head) :]
+    new_main = "".join(lines)
+    base_tokens = []
+    for idx, _var, start, end in _grub_assignments(new_main):
+        head = new_main.splitlines(True)[idx].rstrip("\n")
+        base_tokens += [_token_pair(t) for t in head[start:end].split() if "$" not in t]
+    base_names = {canonical_name(n): v for n, v in base_tokens}
+
+    # 2. The drop-in carries the arguments /etc/default/grub does not have (earlier runs' arguments stay).
+    dropin = read_text(dropin_path)
+    existing = _parse_dropin(dropin)
+    want = apply_cmdline(existing, args, remove)
+    want = [(n, v) for n, v in want if base_names.get(canonical_name(n), object()) != v]
+    new_dropin = _render_dropin(want) if want else None
+    if dropin is not None and new_dropin is not None and _parse_dropin(dropin) == want and MARKER in dropin:
+        new_dropin = dropin
+
+    if new_main != main:
+        plan.files.append((main_path, main, new_main))
+    if new_dropin != dropin:
+        plan.files.append((dropin_path, dropin, new_dropin))
+
+    cfg = grub_cfg_cmdline(read_text(rooted(root, grub_cfg)))
+    plan.cmdline_before = cfg if cfg is not None else base_tokens + existing
+    plan.cmdline_after = apply_cmdline(plan.cmdline_before, args, remove)
+    stale = cfg is not None and not satisfied(cfg, args, remove)
+    if plan.files or stale:
+        plan.commands.append(regen or ["update-grub"])
+        if stale and not plan.files:
+            plan.notes.append(f"{grub_cfg} does not match the configuration yet: regenerating it")
+    cfg_path = rooted(root, grub_cfg)
+    plan.verify = lambda: [grub_cfg_cmdline(read_text(cfg_path)) or []] if os.path.exists(cfg_path) else []
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# grubby (RHEL/Fedora BLS)
+# ---------------------------------------------------------------------------------------------------------------
+def grubby_entries(text: str) -> list[dict]:
+    """Entries of ``grubby --info=ALL``: dicts with at least ``kernel`` and ``args``."""
+    entries, cur = [], {}
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)=(.*)$", line.strip())
+        if not m:
+            continue
+        key, value = m.group(1), m.group(2)
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1]
+        if key == "index" and cur:
+            entries.append(cur)
+            cur = {}
+        cur[key] = value
+    if cur:
+        entries.append(cur)
+    return [e for e in entries if "args" in e and "kernel" in e]
+
+
+def plan_grubby(run, args, remove, grubby: str = "grubby") -> Plan:
+    plan = Plan("grubby")
+    entries = grubby_entries(_run_ok(run, [grubby, "--info=ALL"], "reading boot entries"))
+    if not entries:
+        raise CmdlineError("grubby --info=ALL lists no boot entries with arguments")
+    add, drop = set(), set()
+    for e in entries:
+        cur = parse_cmdline(e["args"])
+        new = apply_cmdline(cur, args, remove)
+        plan.entries.append({"kernel": e["kernel"], "before": e["args"], "after": render_cmdline(new)})
+        if new != cur:
+            for n, v in args:
+                if not any(canonical_name(c) == canonical_name(n) and cv == v for c, cv in cur):
+                    add.add(render_arg(n, v))
+            for n, v in cur:
+                if (n, v) not in new:
+                    drop.add(render_arg(n, v))
+    plan.cmdline_before = parse_cmdline(entries[0]["args"])
+    plan.cmdline_after = apply_cmdline(plan.cmdline_before, args, remove)
+    if add or drop:
+        argv = [grubby, "--update-kernel=ALL"]
+        if drop:
+            argv.append("--remove-args=" + " ".join(sorted(drop)))
+        if add:
+            argv.append("--args=" + " ".join(sorted(add)))
+        plan.commands.append(argv)
+
+    plan.verify = lambda: [
+        parse_cmdline(e["args"]) for e in grubby_entries(_run_ok(run, [grubby, "--info=ALL"], "verifying"))
+    ]
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# systemd-boot / kernel-install and Proxmox: /etc/kernel/cmdline
+# ---------------------------------------------------------------------------------------------------------------
+def installed_kernels(root: str) -> list[str]:
+    mod_dir = rooted(root, "/lib/modules")
+    if not os.path.isdir(mod_dir):
+        return []
+    out = []
+    for ver in sorted(os.listdir(mod_dir)):
+        if os.path.exists(rooted(root, f"/boot/vmlinuz-{ver}")) or os.path.exists(
+            os.path.join(mod_dir, ver, "vmlinuz")
+        ):
+            out.append(ver)
+    return out
+
+
+def _plan_kernel_cmdline_file(plan: Plan, root: str, proc_root: str, args, remove) -> None:
+    path = rooted(root, "/etc/kernel/cmdline")
+    before = read_text(path)
+    if before is None:
+        running = read_text(os.path.join(proc_root, "cmdline")) or ""
+        base = [(n, v) for n, v in parse_cmdline(running) if n not in ("BOOT_IMAGE", "initrd")]
+        plan.notes.append(f"{path} did not exist: it starts from the running kernel's command line")
+    else:
+        base = parse_cmdline(before)
+    new = apply_cmdline(base, args, remove)
+    plan.cmdline_before, plan.cmdline_after = base, new
+    if before is None or new != base:
+        text = render_cmdline(new) + "\n"
+        if text != before:
+            plan.files.append((path, before, text))
+    plan.verify = lambda: [parse_cmdline(read_text(path) or "")]
+
+
+def plan_systemd_boot(root: str, proc_root: str, args, remove, kernel_install: str = "kernel-install") -> Plan:
+    plan = Plan("systemd-boot")
+    _plan_kernel_cmdline_file(plan, root, proc_root, args, remove)
+    if plan.files:
+        kernels = installed_kernels(root)
+        if not kernels:
+            raise CmdlineError(f"no installed kernel found under {rooted(root, '/lib/modules')} to regenerate")
+        for ver in kernels:
+            image = rooted(root, f"/lib/modules/{ver}/vmlinuz")
+            if not os.path.exists(image):
+                image = rooted(root, f"/boot/vmlinuz-{ver}")
+            plan.commands.append([kernel_install, "add", ver, image])
+    return plan
+
+
+def proxmox_mode(run, tool: str = "proxmox-boot-tool") -> str | None:
+    """'uefi' or 'grub' when proxmox-boot-tool manages ESPs, else None."""
+    rc, out, _err = run([tool, "status"])
+    if rc != 0:
+        return None
+    modes = set(re.findall(r"configured with:\s*(uefi|grub)", out))
+    if "uefi" in modes:
+        return "uefi"
+    if "grub" in modes:
+        return "grub"
+    return None
+
+
+def plan_proxmox(run, root: str, proc_root: str, args, remove, name: str, tool: str = "proxmox-boot-tool") -> Plan:
+    mode = proxmox_mode(run, tool)
+    if mode == "uefi":
+        plan = Plan("proxmox")
+        _plan_kernel_cmdline_file(plan, root, proc_root, args, remove)
+        if plan.files:
+            plan.commands.append([tool, "refresh"])
+        return plan
+    plan = plan_grub(root, args, remove, name, regen=[tool, "refresh"] if mode == "grub" else None)
+    plan.backend = "proxmox" if mode == "grub" else "grub"
+    if mode is None:
+        plan.notes.append("proxmox-boot-tool manages no ESP here: plain GRUB with update-grub")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rpm-ostree and bootc
+# ---------------------------------------------------------------------------------------------------------------
+def plan_rpm_ostree(run, args, remove, tool: str = "rpm-ostree") -> Plan:
+    plan = Plan("rpm-ostree")
+    cur = parse_cmdline(_run_ok(run, [tool, "kargs"], "reading kernel arguments"))
+    new = apply_cmdline(cur, args, remove)
+    plan.cmdline_before, plan.cmdline_after = cur, new
+    if new != cur:
+        argv = [tool, "kargs"]
+        for n, v in cur:
+            if (n, v) not in new:
+                argv.append("--delete-if-present=" + render_arg(n, v))
+        for n, v in args:
+            argv.append("--append-if-missing=" + render_arg(n, v))
+        plan.commands.append(argv)
+    plan.verify = lambda: [parse_cmdline(_run_ok(run, [tool, "kargs"], "verifying"))]
+    return plan
+
+
+def _render_toml(args) -> str:
+    items = ", ".join('"' + render_arg(n, v) + '"' for n, v in args)
+    return (
+        f"{MARKER}\n# Applied by bootc when this image is installed or deployed (bootc upgrade/switch).\n"
+        f"kargs = [{items}]\n"
+    )
+
+
+def _parse_toml_kargs(text: str | None) -> list[tuple[str, str | None]]:
+    if not text:
+        return []
+    m = re.search(r"^kargs\s*=\s*\[(.*?)\]", text, re.S | re.M)
+    if not m:
+        return []
+    return [_token_pair(s) for s in re.findall(r'"([^"]*)"', m.group(1))]
+
+
+def plan_bootc(root: str, args, remove, name: str) -> Plan:
+    plan = Plan("bootc")
+    path = rooted(root, f"/usr/lib/bootc/kargs.d/{name}.toml")
+    before = read_text(path)
+    cur = _parse_toml_kargs(before)
+    new = apply_cmdline(cur, args, remove)
+    plan.cmdline_before, plan.cmdline_after = cur, new
+    after = _render_toml(new) if new else None
+    if before is not None and after is not None and cur == new and MARKER in before:
+        after = before
+    if after != before:
+        plan.files.append((path, before, after))
+    plan.verify = lambda: [_parse_toml_kargs(read_text(path))]
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------------------------
+def detect_backend(root: str, which, run) -> tuple[str, list[str]]:
+    """Pick a backend; ``which(name)`` returns a binary's path or None. Returns (backend, reasons checked)."""
+    tried = []
+    if os.path.exists(rooted(root, "/run/ostree-booted")) and which("rpm-ostree"):
+        return "rpm-ostree", tried
+    tried.append("rpm-ostree: no /run/ostree-booted with rpm-ostree")
+    if which("proxmox-boot-tool"):
+        return "proxmox", tried
+    tried.append("proxmox: no proxmox-boot-tool")
+    if which("grubby"):
+        return "grubby", tried
+    tried.append("grubby: no grubby")
+    bootctl = which("bootctl")
+    if which("kernel-install") and bootctl and run([bootctl, "is-installed"])[0] == 0:
+        return "systemd-boot", tried
+    tried.append("systemd-boot: bootctl is-installed did not confirm systemd-boot (or kernel-install missing)")
+    if which("update-grub") and os.path.exists(rooted(root, "/etc/default/grub")):
+        return "grub", tried
+    tried.append("grub: no update-grub with /etc/default/grub")
+    return "", tried
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

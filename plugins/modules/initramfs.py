@@ -1,0 +1,312 @@
+#!/usr/bin/python
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: initramfs
+short_description: Put kernel modules into the initramfs, load them early, regenerate and verify the images
+version_added: 0.1.0
+description:
+  - Makes kernel modules (typically C(vfio), C(vfio_iommu_type1) and C(vfio_pci)) part of the initramfs and loaded
+    early, regenerates the image of every installed kernel when and only when something changed, and lists each
+    image afterwards to prove the modules (and the files named in O(verify_files)) are inside.
+  - "Backends - V(initramfs-tools) (Debian/Ubuntu - the modules are listed in C(/etc/initramfs-tools/modules),
+    keeping every other line; C(update-initramfs -u -k VERSION); C(lsinitramfs)), V(dracut) (RHEL/Fedora/SUSE -
+    C(/etc/dracut.conf.d/<name>.conf) with C(force_drivers+=), so dracut also loads them early;
+    C(dracut -f --kver VERSION IMAGE); C(lsinitrd)), V(mkinitcpio) (Arch - C(/etc/mkinitcpio.conf.d/<name>.conf)
+    with C(MODULES+=()); C(mkinitcpio -P); C(lsinitcpio -l)). O(backend=auto) picks them in that order by the
+    tool and its configuration directory being present; when none is found the module fails."
+  - Module names are compared the way modprobe compares them - C(vfio-pci) and C(vfio_pci) are one module.
+  - C(vfio_virqfd) is only needed by kernels before 6.2 (it became part of C(vfio) in 6.2). It is written to the
+    configuration only when one of the target kernels is older than 6.2, and only expected in those kernels'
+    images. Modules built into a kernel (C(modules.builtin)) count as present.
+  - With O(regenerate=auto) an image is regenerated when the configuration changed, when O(files_changed=true),
+    when it does not exist, or when listing it shows a wanted module or file missing.
+  - "Proven on a real boot in the QEMU lab (Debian 12 guest, reboot, the kernel log shows vfio loaded before the
+    root file system was mounted) - V(initramfs-tools). Proven only by unit tests with fake commands and fake
+    C(/etc) trees - V(dracut), V(mkinitcpio)."
+author:
+  - hostdev.vfio contributors (!UNKNOWN)
+options:
+  modules:
+    description:
+      - Kernel modules to put into (or, with O(state=absent), take out of) the configuration.
+    type: list
+    elements: str
+    required: true
+  state:
+    description:
+      - V(present) adds the modules and verifies they are in every image. V(absent) removes them from the
+        configuration this module manages and regenerates; the images are listed and returned but not checked,
+        because a generator may still pull a module in for another reason (for example a C(softdep)).
+    type: str
+    default: present
+    choices: [present, absent]
+  regenerate:
+    description:
+      - V(auto) regenerates only what needs it (see the description), V(always) every target image, V(never)
+        none (the configuration is still changed; the images are listed and what they lack is only a warning).
+    type: str
+    default: auto
+    choices: [auto, always, never]
+  files_changed:
+    description:
+      - Tell the module that a file the generator copies into the image (for example C(/etc/modprobe.d/vfio.conf))
+        changed, so every image is regenerated even when the module list did not change - typically whether the
+        task that wrote that file reported a change.
+    type: bool
+    default: false
+  kernel_versions:
+    description:
+      - Kernel versions whose images are regenerated and verified. By default every version with a directory under
+        C(/lib/modules) and a kernel image (C(/boot/vmlinuz-VERSION) or C(/lib/modules/VERSION/vmlinuz)).
+    type: list
+    elements: str
+  verify_files:
+    description:
+      - Absolute paths that must be inside every image after the change, such as C(/etc/modprobe.d/vfio.conf).
+    type: list
+    elements: path
+    default: []
+  backend:
+    description:
+      - The initramfs generator. V(auto) detects it.
+    type: str
+    default: auto
+    choices: [auto, initramfs-tools, dracut, mkinitcpio]
+  name:
+    description:
+      - Base name of the drop-in file of V(dracut) and V(mkinitcpio).
+    type: str
+    default: hostdev-vfio
+  root:
+    description:
+      - Root of the file system whose configuration is changed. Commands still run on the managed host.
+    type: path
+    default: /
+attributes:
+  check_mode:
+    support: full
+    description: Lists the current images and reports what would change and which images would be regenerated.
+  diff_mode:
+    support: full
+    description: The configuration file before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hosts with initramfs-tools, dracut or mkinitcpio.
+notes:
+  - Regenerating an image can take minutes. Nothing takes effect before the next boot.
+seealso:
+  - module: hostdev.vfio.kernel_cmdline
+"""
+
+EXAMPLES = r"""
+- name: Load vfio early on every installed kernel
+  hostdev.vfio.initramfs:
+    modules: [vfio, vfio_iommu_type1, vfio_pci, vfio_virqfd]
+    verify_files:
+      - /etc/modprobe.d/vfio.conf
+    files_changed: "{{ vfio_conf is changed }}"
+  register: initramfs
+
+- name: Show what was regenerated
+  ansible.builtin.debug:
+    msg: "{{ initramfs.regenerated }}"
+
+- name: Take them out again
+  hostdev.vfio.initramfs:
+    modules: [vfio, vfio_iommu_type1, vfio_pci, vfio_virqfd]
+    state: absent
+"""
+
+RETURN = r"""
+backend:
+  description: The backend used.
+  returned: always
+  type: str
+  sample: initramfs-tools
+config_file:
+  description: The configuration file the module manages.
+  returned: always
+  type: str
+  sample: /etc/initramfs-tools/modules
+kernel_versions:
+  description: The kernel versions considered.
+  returned: always
+  type: list
+  elements: str
+  sample: [6.1.0-26-amd64]
+modules_by_kernel:
+  description: The modules expected in each image (V(mkinitcpio) - by image name).
+  returned: always
+  type: dict
+  sample: {"6.1.0-26-amd64": ["vfio", "vfio_iommu_type1", "vfio_pci"]}
+regenerated:
+  description: The kernel versions (V(mkinitcpio) - image names) whose images were (or in check mode would be)
+    regenerated, and why in RV(reasons).
+  returned: always
+  type: list
+  elements: str
+  sample: [6.1.0-26-amd64]
+reasons:
+  description: Why each image in RV(regenerated) was regenerated.
+  returned: always
+  type: dict
+  sample: {"6.1.0-26-amd64": "configuration changed"}
+commands:
+  description: The regeneration commands run (or that would run in check mode).
+  returned: always
+  type: list
+  elements: list
+  sample: [[/usr/sbin/update-initramfs, -u, -k, 6.1.0-26-amd64]]
+images:
+  description:
+    - Per kernel version (V(mkinitcpio) - image name) the image path and what its listing showed - C(modules)
+      (wanted modules found as files), C(builtin), C(files), C(missing_modules), C(missing_files).
+    - In check mode, and when the configuration changed, the contents shown are those before regeneration.
+  returned: always
+  type: dict
+  sample: {"6.1.0-26-amd64": {"image": /boot/initrd.img-6.1.0-26-amd64, "exists": true,
+           "modules": [vfio, vfio_iommu_type1, vfio_pci], "builtin": [], "files": [/etc/modprobe.d/vfio.conf],
+           "missing_modules": [], "missing_files": []}}
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import (
+    InitramfsError,
+    detect_backend,
+    plan_initramfs,
+    verify,
+)
+
+_TOOLS = {
+    "initramfs-tools": ("update-initramfs", "lsinitramfs"),
+    "dracut": ("dracut", "lsinitrd"),
+    "mkinitcpio": ("mkinitcpio", "lsinitcpio"),
+}
+
+
+def _write(module, path, text):
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    module.atomic_move(tmp, path)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            modules=dict(type="list", elements="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            regenerate=dict(type="str", default="auto", choices=["auto", "always", "never"]),
+            files_changed=dict(type="bool", default=False),
+            kernel_versions=dict(type="list", elements="str"),
+            verify_files=dict(type="list", elements="path", default=[]),
+            backend=dict(type="str", default="auto", choices=["auto", "initramfs-tools", "dracut", "mkinitcpio"]),
+            name=dict(type="str", default="hostdev-vfio"),
+            root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not p["name"] or "/" in p["name"] or p["name"].startswith("."):
+        module.fail_json(msg=f"name {p['name']!r} must be a plain file name without '/'")
+    for f in p["verify_files"]:
+        if not f.startswith("/"):
+            module.fail_json(msg=f"verify_files: {f!r} must be an absolute path")
+    backend = p["backend"]
+    if backend == "auto":
+        backend = detect_backend(p["root"], module.get_bin_path)
+        if not backend:
+            module.fail_json(
+                msg="no initramfs generator found: looked for update-initramfs with /etc/initramfs-tools, dracut "
+                "with /etc/dracut.conf.d, and mkinitcpio; set backend explicitly"
+            )
+    gen, lister = _TOOLS[backend]
+    tools = {gen: module.get_bin_path(gen, required=True), lister: module.get_bin_path(lister, required=True)}
+    present = p["state"] == "present"
+
+    def run(argv):
+        return module.run_command(argv)
+
+    try:
+        plan = plan_initramfs(
+            p["root"],
+            backend,
+            p["modules"],
+            present,
+            p["regenerate"],
+            p["kernel_versions"],
+            p["verify_files"],
+            p["files_changed"],
+            p["name"],
+            run,
+            tools,
+        )
+    except InitramfsError as e:
+        module.fail_json(msg=str(e), backend=backend)
+
+    def result(**extra):
+        return dict(
+            changed=plan.changed,
+            backend=backend,
+            config_file=plan.config_path,
+            kernel_versions=plan.kernels,
+            modules_by_kernel=plan.modules_by_kernel,
+            regenerated=plan.regenerate,
+            reasons=plan.reasons,
+            commands=plan.commands,
+            images=plan.images,
+            diff=dict(
+                before_header=plan.config_path,
+                after_header=plan.config_path,
+                before=plan.config_before or "",
+                after=plan.config_after or "",
+            ),
+            **extra,
+        )
+
+    for w in plan.warnings:
+        module.warn(w)
+    if module.check_mode:
+        module.exit_json(**result())
+
+    if plan.config_changed:
+        if plan.config_after is None:
+            os.unlink(plan.config_path)
+        else:
+            _write(module, plan.config_path, plan.config_after)
+    for argv in plan.commands:
+        rc, out, err = module.run_command(argv)
+        if rc != 0:
+            module.fail_json(msg=f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result())
+    try:
+        problems = verify(plan, p["root"], present, p["verify_files"], run, tools)
+    except InitramfsError as e:
+        module.fail_json(msg=str(e), **result())
+    if problems and p["regenerate"] == "never":
+        for problem in problems:
+            module.warn(problem + " (regenerate=never)")
+        problems = []
+    if problems:
+        hint = "" if plan.commands else " (nothing was regenerated: run with regenerate=always)"
+        module.fail_json(msg="; ".join(problems) + hint, **result())
+    module.exit_json(**result())
+
+
+if __name__ == "__main__":
+    main()

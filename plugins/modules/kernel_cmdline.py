@@ -1,0 +1,374 @@
+#!/usr/bin/python
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kernel_cmdline
+short_description: Add and remove kernel command line arguments through the host's boot loader tooling
+version_added: 0.1.0
+description:
+  - Makes the given kernel arguments present (with their values, or as bare flags) and the given ones absent in
+    the configuration the next boot uses, and regenerates the boot loader configuration when something changed.
+  - The rest of the command line is never touched - no reordering of unrelated arguments, no GRUB timeout or
+    other settings. A name listed in O(args) gets exactly that value - an existing occurrence is changed in
+    place (later duplicates of the same name are dropped), a missing one is appended.
+  - Parameter names are compared the way the kernel compares them - C(-) and C(_) are the same character, so
+    C(vfio-pci.ids) and C(vfio_pci.ids) are one parameter.
+  - Values of the IOMMU parameters it knows (C(intel_iommu), C(amd_iommu), C(iommu), C(iommu.passthrough),
+    C(iommu.strict)) are checked against the values the kernel accepts. For example C(amd_iommu=on) is refused,
+    because the kernel has no such value. Set O(allow_unknown_values=true) to pass such values through anyway.
+  - Returns RV(reboot_required) by comparing the wanted arguments with the running kernel's C(/proc/cmdline).
+  - "Backends, as detected by O(backend=auto) in this order: V(rpm-ostree) (C(/run/ostree-booted) exists and
+    C(rpm-ostree) is installed; C(rpm-ostree kargs)), V(proxmox) (C(proxmox-boot-tool) is installed;
+    C(/etc/kernel/cmdline) and C(proxmox-boot-tool refresh) when it manages ESPs booted by systemd-boot,
+    C(/etc/default/grub) and C(proxmox-boot-tool refresh) for its GRUB mode, plain V(grub) when it manages no
+    ESP), V(grubby) (C(grubby) is installed; C(grubby --update-kernel=ALL)), V(systemd-boot) (C(bootctl
+    is-installed) succeeds and C(kernel-install) exists; C(/etc/kernel/cmdline), then C(kernel-install add) for
+    every installed kernel), V(grub) (Debian/Ubuntu - C(update-grub) and C(/etc/default/grub) exist; a drop-in
+    C(/etc/default/grub.d/<name>.cfg) that appends to C(GRUB_CMDLINE_LINUX_DEFAULT), then C(update-grub)).
+    When none matches the module fails and lists what it looked for."
+  - V(bootc) is never detected - it writes C(/usr/lib/bootc/kargs.d/<name>.toml) under O(root) for a bootc
+    image build (for example a C(RUN) step of a Containerfile); bootc applies it when the image is installed or
+    deployed. On a booted bootc host use V(rpm-ostree).
+  - "Proven on a real boot in the QEMU lab (Debian 12 guest, its own GRUB, reboot, C(/proc/cmdline) read back) -
+    V(grub). Proven only by unit tests with fake commands and fake C(/etc) trees - V(grubby), V(systemd-boot),
+    V(proxmox), V(rpm-ostree), V(bootc)."
+author:
+  - hostdev.vfio contributors (!UNKNOWN)
+options:
+  args:
+    description:
+      - Kernel arguments that must be present, one per item, as C(name=value) or a bare C(name).
+      - Values cannot contain whitespace, quotes, backslashes, C($) or backticks.
+    type: list
+    elements: str
+    default: []
+  remove:
+    description:
+      - Kernel arguments that must be absent. A bare C(name) removes every occurrence of the parameter whatever
+        its value, C(name=value) only that value.
+      - With V(grub), an argument set in C(/etc/default/grub) is removed from its C(GRUB_CMDLINE_LINUX) or
+        C(GRUB_CMDLINE_LINUX_DEFAULT) line in place (every other byte of the file stays). The module fails,
+        before changing anything, when the argument comes from another file in C(/etc/default/grub.d/).
+      - With V(bootc), only arguments of this module's own C(kargs.d) file can be removed.
+    type: list
+    elements: str
+    default: []
+  backend:
+    description:
+      - How the boot configuration is changed. V(auto) detects it (see the description for the order).
+    type: str
+    default: auto
+    choices: [auto, grub, grubby, systemd-boot, proxmox, rpm-ostree, bootc]
+  allow_unknown_values:
+    description:
+      - Write values of known IOMMU parameters that the kernel does not accept (such as C(amd_iommu=on)) instead
+        of failing.
+    type: bool
+    default: false
+  name:
+    description:
+      - Base name of the files this module owns - C(/etc/default/grub.d/<name>.cfg) (V(grub), V(proxmox) in GRUB
+        mode) and C(/usr/lib/bootc/kargs.d/<name>.toml) (V(bootc)).
+      - "GRUB drop-ins are read in name order after C(/etc/default/grub); a later drop-in that assigns
+        C(GRUB_CMDLINE_LINUX_DEFAULT) without C($GRUB_CMDLINE_LINUX_DEFAULT) would hide these arguments, which the
+        module then reports as a verification failure."
+    type: str
+    default: hostdev-vfio
+  root:
+    description:
+      - Root of the file system whose boot configuration is changed. Commands still run on the managed host.
+    type: path
+    default: /
+  proc_root:
+    description:
+      - Where procfs is mounted; C(cmdline) below it is the running kernel's command line.
+    type: path
+    default: /proc
+attributes:
+  check_mode:
+    support: full
+    description: Computes the change, the commands and RV(reboot_required) and changes nothing.
+  diff_mode:
+    support: full
+    description: The command line before and after, and every file the module writes.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hosts booted by GRUB, BLS/grubby, systemd-boot, Proxmox VE or rpm-ostree/bootc.
+notes:
+  - The module never reboots. Act on RV(reboot_required), for example with M(ansible.builtin.reboot).
+  - CPU-vendor specific choices (C(intel_iommu=on) or not) belong to the caller, for example the passthrough role.
+seealso:
+  - module: hostdev.vfio.initramfs
+  - module: hostdev.vfio.iommu_facts
+  - name: The kernel's command-line parameters
+    description: Every parameter and its values.
+    link: https://docs.kernel.org/admin-guide/kernel-parameters.html
+"""
+
+EXAMPLES = r"""
+- name: Turn on the Intel IOMMU in pass-through mode
+  hostdev.vfio.kernel_cmdline:
+    args:
+      - intel_iommu=on
+      - iommu=pt
+  register: cmdline
+
+- name: Reboot when the running kernel does not have them yet
+  ansible.builtin.reboot:
+    reboot_timeout: 600
+  when: cmdline.reboot_required
+
+- name: Bind devices to vfio-pci early and drop an old argument
+  hostdev.vfio.kernel_cmdline:
+    args:
+      - vfio-pci.ids=10de:1b80,10de:10f0
+    remove:
+      - pcie_acs_override
+
+- name: Kernel arguments of a bootc image (Containerfile RUN step)
+  hostdev.vfio.kernel_cmdline:
+    backend: bootc
+    args:
+      - intel_iommu=on
+      - iommu=pt
+"""
+
+RETURN = r"""
+backend:
+  description: The backend that was used.
+  returned: always
+  type: str
+  sample: grub
+cmdline_before:
+  description: The command line the next boot would have used before the change (for V(grub), the default entry of
+    the generated C(grub.cfg); for V(grubby), the first entry; for V(systemd-boot) and V(proxmox),
+    C(/etc/kernel/cmdline); for V(rpm-ostree), C(rpm-ostree kargs); for V(bootc), the module's own C(kargs.d) file).
+  returned: always
+  type: str
+  sample: BOOT_IMAGE=/boot/vmlinuz-6.1.0-26-amd64 root=UUID=0c1d ro quiet
+cmdline_after:
+  description: The same command line with the change applied.
+  returned: always
+  type: str
+  sample: BOOT_IMAGE=/boot/vmlinuz-6.1.0-26-amd64 root=UUID=0c1d ro quiet intel_iommu=on iommu=pt
+running_cmdline:
+  description: The running kernel's command line from C(/proc/cmdline).
+  returned: always
+  type: str
+  sample: BOOT_IMAGE=/boot/vmlinuz-6.1.0-26-amd64 root=UUID=0c1d ro quiet
+reboot_required:
+  description: Whether the running kernel lacks a wanted argument or still has one to remove.
+  returned: always
+  type: bool
+  sample: true
+missing:
+  description: Wanted arguments the running kernel does not have.
+  returned: always
+  type: list
+  elements: str
+  sample: [iommu=pt]
+unwanted:
+  description: Arguments to remove that the running kernel still has.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+files:
+  description: Files written or removed (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/default/grub.d/hostdev-vfio.cfg]
+commands:
+  description: Commands run (or that would be run, in check mode), as argument lists.
+  returned: always
+  type: list
+  elements: list
+  sample: [[/usr/sbin/update-grub]]
+entries:
+  description: For V(grubby), every boot entry with its arguments before and after.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"kernel": "/boot/vmlinuz-6.8.5", "before": "ro rhgb quiet", "after": "ro rhgb quiet iommu=pt"}]
+notes:
+  description: Remarks on what the backend found.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import (
+    CmdlineError,
+    canonical_name,
+    check_values,
+    detect_backend,
+    file_diff,
+    missing_and_present,
+    parse_cmdline,
+    parse_request,
+    plan_bootc,
+    plan_grub,
+    plan_grubby,
+    plan_proxmox,
+    plan_rpm_ostree,
+    plan_systemd_boot,
+    read_text,
+    render_cmdline,
+    satisfied,
+)
+
+
+def _write(module, path, text):
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    module.atomic_move(tmp, path)
+
+
+def _plan(module, backend, args, remove):
+    p = module.params
+    root, proc_root, name = p["root"], p["proc_root"], p["name"]
+
+    def run(argv):
+        return module.run_command(argv)
+
+    def tool(binary):
+        return module.get_bin_path(binary, required=True)
+
+    if backend == "grub":
+        return plan_grub(root, args, remove, name, regen=[tool("update-grub")])
+    if backend == "grubby":
+        return plan_grubby(run, args, remove, grubby=tool("grubby"))
+    if backend == "systemd-boot":
+        return plan_systemd_boot(root, proc_root, args, remove, kernel_install=tool("kernel-install"))
+    if backend == "proxmox":
+        plan = plan_proxmox(run, root, proc_root, args, remove, name, tool=tool("proxmox-boot-tool"))
+        if plan.backend == "grub":
+            plan.commands = [[tool("update-grub")] if c == ["update-grub"] else c for c in plan.commands]
+        return plan
+    if backend == "rpm-ostree":
+        return plan_rpm_ostree(run, args, remove, tool=tool("rpm-ostree"))
+    return plan_bootc(root, args, remove, name)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            args=dict(type="list", elements="str", default=[]),
+            remove=dict(type="list", elements="str", default=[]),
+            backend=dict(
+                type="str",
+                default="auto",
+                choices=["auto", "grub", "grubby", "systemd-boot", "proxmox", "rpm-ostree", "bootc"],
+            ),
+            allow_unknown_values=dict(type="bool", default=False),
+            name=dict(type="str", default="hostdev-vfio"),
+            root=dict(type="path", default="/"),
+            proc_root=dict(type="path", default="/proc"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        args = parse_request(p["args"], "args")
+        remove = parse_request(p["remove"], "remove")
+    except CmdlineError as e:
+        module.fail_json(msg=str(e))
+    if not p["name"] or "/" in p["name"] or p["name"].startswith("."):
+        module.fail_json(msg=f"name {p['name']!r} must be a plain file name without '/'")
+    both = {canonical_name(a[0]) for a in args} & {canonical_name(r[0]) for r in remove}
+    if both:
+        module.fail_json(msg=f"these parameters are both in args and in remove: {', '.join(sorted(both))}")
+    if not p["allow_unknown_values"]:
+        problems = check_values(args)
+        if problems:
+            module.fail_json(
+                msg="; ".join(problems) + ". Set allow_unknown_values=true to write such values anyway.",
+                problems=problems,
+            )
+
+    backend = p["backend"]
+    if backend == "auto":
+        backend, tried = detect_backend(p["root"], module.get_bin_path, module.run_command)
+        if not backend:
+            module.fail_json(
+                msg="cannot tell how this host boots; set backend explicitly. Checked: " + "; ".join(tried),
+                tried=tried,
+            )
+
+    try:
+        plan = _plan(module, backend, args, remove)
+    except CmdlineError as e:
+        module.fail_json(msg=str(e), backend=backend)
+
+    running = parse_cmdline(read_text(os.path.join(p["proc_root"], "cmdline")) or "")
+    missing, unwanted = missing_and_present(running, args, remove)
+    diff = [
+        {
+            "before_header": "kernel command line (next boot)",
+            "after_header": "kernel command line (next boot)",
+            "before": render_cmdline(plan.cmdline_before) + "\n",
+            "after": render_cmdline(plan.cmdline_after) + "\n",
+        }
+    ] + [file_diff(path, before, after) for path, before, after in plan.files]
+    result = dict(
+        changed=plan.changed,
+        backend=plan.backend,
+        cmdline_before=render_cmdline(plan.cmdline_before),
+        cmdline_after=render_cmdline(plan.cmdline_after),
+        running_cmdline=render_cmdline(running),
+        reboot_required=not satisfied(running, args, remove),
+        missing=missing,
+        unwanted=unwanted,
+        files=[f[0] for f in plan.files],
+        commands=plan.commands,
+        entries=plan.entries,
+        notes=plan.notes,
+        diff=diff,
+    )
+    if module.check_mode or not plan.changed:
+        module.exit_json(**result)
+
+    for path, _before, after in plan.files:
+        if after is None:
+            os.unlink(path)
+        else:
+            _write(module, path, after)
+    for argv in plan.commands:
+        rc, out, err = module.run_command(argv)
+        if rc != 0:
+            module.fail_json(msg=f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result)
+    try:
+        configured = plan.verify()
+    except CmdlineError as e:
+        module.fail_json(msg=str(e), **result)
+    bad = [render_cmdline(c) for c in configured if not satisfied(c, args, remove)]
+    if bad:
+        module.fail_json(
+            msg="after the change the boot configuration still does not have the wanted arguments: "
+            + " | ".join(bad)
+            + ". Another configuration file may override them (for GRUB, look in /etc/default/grub.d/).",
+            **result,
+        )
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
