@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # Copyright: hostdev.vfio contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Time one full IOMMU fact gathering (module logic, no Ansible start-up) on a synthetic host.
@@ -78,7 +78,7 @@ def main() -> None:
         n_dev, n_grp = len(first["devices"]), len(first["groups"])
         for label, names in (("with pci.ids names", True), ("without names", False)):
             times = []
-            for _ in range(args.runs):
+            for _run in range(args.runs):
                 t0 = time.perf_counter()
                 gather(str(host.sys), str(host.proc), str(host.dev), names=names)
                 times.append((time.perf_counter() - t0) * 1000)

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """bind_by_hand.py ADDRESS DRIVER|none|host : put one PCI function on a driver with plain sysfs writes.
 
 Independent of the collection's code on purpose: the iommu_facts target binds devices this way and then
