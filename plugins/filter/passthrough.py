@@ -1,0 +1,490 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters of the passthrough role and the report playbook: selector resolution, kernel arguments, readiness.
+
+Every function here is pure: it takes ``ansible_facts.iommu`` (as returned by hostdev.vfio.iommu_facts) and
+plain role variables and returns plain data, so the rules are unit-tested without a host.
+"""
+
+from __future__ import annotations
+
+__metaclass__ = type  # noqa: UP001 - the boilerplate ansible-test sanity expects
+
+import re
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
+    is_vfio_driver,
+    normalize_address,
+)
+
+try:
+    import jmespath
+
+    HAS_JMESPATH = True
+except ImportError:  # pragma: no cover - jmespath is a requirement of the collection on the controller
+    HAS_JMESPATH = False
+
+_IDS_RE = re.compile(
+    r"^(?P<vendor>[0-9a-fA-F]{4}):(?P<device>[0-9a-fA-F]{4}|\*)"
+    r"(?::(?P<subvendor>[0-9a-fA-F]{4}):(?P<subdevice>[0-9a-fA-F]{4}))?$"
+)
+# An address selector may carry the ids it must have: "0000:01:00.0@10de:1b80" (hostdev.vfio.vfio_bind's syntax;
+# '=' is accepted too), so a re-enumerated bus never hands the wrong card to vfio-pci.
+_ADDRESS_ENTRY_RE = re.compile(
+    r"^\s*(?P<address>[0-9a-fA-F:.]+)\s*(?:[=@ ]\s*(?P<ids>[0-9a-fA-F]{4}:[0-9a-fA-F]{4}))?\s*$"
+)
+_ALLOWED_DRIVERS = ("vfio-pci", "pci-stub")
+_GROUP_POLICIES = ("stub", "vfio", "fail", "ignore")
+_STUB = "pci-stub"
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _devices_by_address(facts: dict) -> dict:
+    return {d["address"]: d for d in facts.get("devices") or []}
+
+
+def _groups_by_id(facts: dict) -> dict:
+    return {g["id"]: g for g in facts.get("groups") or []}
+
+
+def _driver_name(driver) -> str:
+    return driver if driver else "no driver"
+
+
+def parse_address_entry(entry: str) -> tuple[str, str | None]:
+    """``(address, expected "vvvv:dddd" or None)`` from ``"01:00.0"`` or ``"0000:01:00.0@10de:1b80"``."""
+    m = _ADDRESS_ENTRY_RE.match(str(entry))
+    if not m:
+        raise ValueError(
+            f"{entry!r} is not a PCI address selector (expected DDDD:BB:DD.F or BB:DD.F, optionally followed by "
+            "@VVVV:DDDD, e.g. 0000:01:00.0@10de:1b80)"
+        )
+    address = normalize_address(m.group("address"))
+    ids = m.group("ids").lower() if m.group("ids") else None
+    return address, ids
+
+
+def _ids_match(device: dict, pattern: str) -> bool:
+    m = _IDS_RE.match(pattern)
+    if not m:
+        raise ValueError(
+            f"{pattern!r} is not a vendor:device id (expected VVVV:DDDD, VVVV:* or VVVV:DDDD:SVVV:SDDD, e.g. 10de:1b80)"
+        )
+    if device.get("vendor_id") != m.group("vendor").lower():
+        return False
+    if m.group("device") != "*" and device.get("device_id") != m.group("device").lower():
+        return False
+    if m.group("subvendor"):
+        return (
+            device.get("subsystem_vendor_id") == m.group("subvendor").lower()
+            and device.get("subsystem_device_id") == m.group("subdevice").lower()
+        )
+    return True
+
+
+def _query_addresses(facts: dict, query: str) -> list[str]:
+    if not HAS_JMESPATH:
+        raise AnsibleFilterError("the 'query' selector needs the jmespath Python library on the controller")
+    try:
+        result = jmespath.search(query, facts)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ValueError(f"query {query!r} is not valid JMESPath: {exc}") from exc
+    addresses = []
+    for item in _as_list(result):
+        if isinstance(item, dict) and "address" in item:
+            addresses.append(normalize_address(item["address"]))
+        elif isinstance(item, str):
+            addresses.append(normalize_address(item))
+        else:
+            raise ValueError(
+                f"query {query!r} must return devices (objects with an address) or addresses; got {item!r}"
+            )
+    return addresses
+
+
+def selector_label(selector: dict, index: int) -> str:
+    for key in ("name", "address", "ids", "device_class", "query"):
+        value = selector.get(key)
+        if value:
+            shown = ",".join(str(v) for v in _as_list(value))
+            return f"selector {index + 1} ({key if key != 'name' else 'name'}: {shown})"
+    return f"selector {index + 1}"
+
+
+# --------------------------------------------------------------------------------------------------- selection
+def resolve_selector(facts: dict, selector: dict, index: int = 0) -> dict:
+    """Match one ``passthrough_devices`` entry against the facts.
+
+    Criteria present in the selector all apply (an address list AND an id list narrow each other); inside one
+    list any entry may match. Returns the selector's settings with ``addresses`` (sorted), ``devices`` (their
+    facts) and ``errors`` (human-readable, empty when the selector is fine).
+    """
+    label = selector_label(selector, index)
+    by_address = _devices_by_address(facts)
+    errors = []
+    driver = selector.get("driver") or "vfio-pci"
+    group = selector.get("group") or "stub"
+    if driver not in _ALLOWED_DRIVERS:
+        errors.append(f"{label}: driver {driver!r} is not one of {', '.join(_ALLOWED_DRIVERS)}")
+    if group not in _GROUP_POLICIES:
+        errors.append(f"{label}: group {group!r} is not one of {', '.join(_GROUP_POLICIES)}")
+
+    candidates = set(by_address)
+    criteria = 0
+    try:
+        if selector.get("address"):
+            criteria += 1
+            wanted = set()
+            for entry in _as_list(selector["address"]):
+                address, ids = parse_address_entry(entry)
+                dev = by_address.get(address)
+                if dev is None:
+                    errors.append(f"{label}: no PCI function {address} on this host")
+                    continue
+                actual = f"{dev.get('vendor_id')}:{dev.get('device_id')}"
+                if ids and ids != actual:
+                    errors.append(
+                        f"{label}: {address} is {actual}, not the expected {ids}; check the slot before passing "
+                        "it through"
+                    )
+                    continue
+                wanted.add(address)
+            candidates &= wanted
+        if selector.get("ids"):
+            criteria += 1
+            patterns = _as_list(selector["ids"])
+            candidates = {a for a in candidates if any(_ids_match(by_address[a], p) for p in patterns)}
+        if selector.get("device_class"):
+            criteria += 1
+            prefixes = [str(c).lower() for c in _as_list(selector["device_class"])]
+            candidates = {a for a in candidates if any(by_address[a]["class_code"].startswith(p) for p in prefixes)}
+        if selector.get("query"):
+            criteria += 1
+            candidates &= set(_query_addresses(facts, selector["query"]))
+    except ValueError as exc:
+        errors.append(f"{label}: {exc}")
+        candidates = set()
+    if not criteria:
+        errors.append(f"{label}: give at least one of address, ids, device_class or query")
+
+    addresses = sorted(candidates)
+    count = selector.get("count")
+    if criteria and not errors:
+        if not addresses:
+            errors.append(f"{label}: matches no PCI function on this host")
+        elif count is not None and len(addresses) != int(count):
+            errors.append(
+                f"{label}: matches {len(addresses)} PCI functions ({', '.join(addresses)}), expected count {count}"
+            )
+    return {
+        "label": label,
+        "driver": driver,
+        "group": group,
+        "count": count,
+        "addresses": addresses,
+        "devices": [by_address[a] for a in addresses],
+        "errors": errors,
+    }
+
+
+def passthrough_resolve(facts: dict, selectors: list) -> list:
+    """Resolve every selector; see :func:`resolve_selector`. Also flags a function claimed by two selectors."""
+    resolved = [resolve_selector(facts or {}, s or {}, i) for i, s in enumerate(_as_list(selectors))]
+    owner = {}
+    for entry in resolved:
+        for address in entry["addresses"]:
+            if address in owner and owner[address]["driver"] != entry["driver"]:
+                entry["errors"].append(
+                    f"{entry['label']}: {address} is also selected by {owner[address]['label']} with driver "
+                    f"{owner[address]['driver']}"
+                )
+            owner.setdefault(address, entry)
+    return resolved
+
+
+def passthrough_errors(resolved: list) -> list:
+    return [e for entry in resolved for e in entry["errors"]]
+
+
+# --------------------------------------------------------------------------------------------------- kernel args
+def iommu_vendor(facts: dict) -> str | None:
+    """Whose IOMMU this is: the units the kernel registered, else the ACPI table, else the CPU vendor.
+
+    The IOMMU hardware decides the kernel argument, not the CPU model string (a virtual CPU can report a vendor
+    the platform's IOMMU does not match).
+    """
+    types = {u.get("type") for u in facts.get("units") or []}
+    if "intel-vtd" in types:
+        return "intel"
+    if "amd-vi" in types:
+        return "amd"
+    tables = facts.get("firmware_tables") or []
+    if "DMAR" in tables:
+        return "intel"
+    if "IVRS" in tables:
+        return "amd"
+    return facts.get("cpu_vendor")
+
+
+def passthrough_kernel_args(facts: dict, mode: str = "auto", pt: bool = False, extra=None) -> dict:
+    """The kernel arguments the role wants.
+
+    Returns ``args`` (to be present), ``remove`` (to be absent now, e.g. an ``intel_iommu=off`` that
+    contradicts ``args``), ``absent`` (what ``passthrough_state: absent`` removes), ``vendor`` and ``error``
+    (a reason the IOMMU cannot be turned on from here, or null).
+    """
+    facts = facts or {}
+    vendor = iommu_vendor(facts)
+    enabled = bool(facts.get("enabled"))
+    args, remove, absent = [], [], []
+    error = None
+    if mode == "auto":
+        if vendor == "intel":
+            absent.append("intel_iommu=on")
+            if not enabled:
+                args.append("intel_iommu=on")
+        elif not enabled:
+            present = bool(facts.get("units") or facts.get("firmware_tables"))
+            cmdline = facts.get("cmdline") or {}
+            off = [f"{k}={v}" for k, v in cmdline.items() if k in ("amd_iommu", "iommu") and "off" in str(v).split(",")]
+            if present and off:
+                remove.extend(off)
+            elif vendor == "amd" and present:
+                error = (
+                    "the AMD IOMMU (IVRS) is present but the kernel did not enable it and nothing on the command "
+                    "line turns it off: enable AMD-Vi/IOMMU in the firmware setup"
+                )
+    if pt:
+        args.append("iommu=pt")
+        absent.append("iommu=pt")
+    for arg in _as_list(extra):
+        args.append(str(arg))
+        absent.append(str(arg))
+    return {"args": args, "remove": remove, "absent": absent, "vendor": vendor, "error": error}
+
+
+# --------------------------------------------------------------------------------------------------- boot time
+def passthrough_boot_ids(resolved: list, softdep_drivers=None) -> dict:
+    """``options vfio-pci ids=`` / ``options pci-stub ids=`` values and softdeps for the ``ids`` boot method.
+
+    Softdeps go on the host drivers the selected devices use now (vfio-pci and pci-stub themselves excluded),
+    unless ``softdep_drivers`` names them.
+    """
+    vfio_ids, stub_ids, drivers = [], [], []
+    for entry in resolved:
+        target = vfio_ids if entry["driver"] == "vfio-pci" else stub_ids
+        for dev in entry["devices"]:
+            ids = f"{dev['vendor_id']}:{dev['device_id']}"
+            if ids not in target:
+                target.append(ids)
+            drv = dev.get("driver")
+            if drv and not is_vfio_driver(drv) and drv != _STUB and drv not in drivers:
+                drivers.append(drv)
+    if softdep_drivers:
+        drivers = list(_as_list(softdep_drivers))
+    pre = (["vfio-pci"] if vfio_ids else []) + ([_STUB] if stub_ids else [])
+    return {
+        "vfio_ids": vfio_ids,
+        "stub_ids": stub_ids,
+        "softdeps": [{"name": d, "pre": pre} for d in sorted(drivers)] if pre else [],
+    }
+
+
+def passthrough_restore_addresses(facts: dict, resolved: list) -> list:
+    """For ``state: absent``: the selected functions and their group companions on vfio-pci or pci-stub."""
+    by_address = _devices_by_address(facts or {})
+    groups = _groups_by_id(facts or {})
+    out = set()
+    for entry in resolved:
+        for dev in entry["devices"]:
+            out.add(dev["address"])
+            group = groups.get(dev.get("iommu_group"))
+            for member in group["devices"] if group else []:
+                mdev = by_address.get(member)
+                if (
+                    mdev
+                    and not mdev.get("is_bridge")
+                    and (is_vfio_driver(mdev.get("driver")) or mdev.get("driver") == _STUB)
+                ):
+                    out.add(member)
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------------------------------- verify
+def passthrough_verify(facts: dict, resolved: list, args=None) -> list:
+    """Problems that remain after the role ran (empty list = verified), judged from fresh facts."""
+    facts = facts or {}
+    problems = []
+    if not facts.get("enabled"):
+        problems.append("the IOMMU is not enabled in the running kernel")
+    cmdline = (facts.get("cmdline_raw") or "").split()
+    for arg in _as_list(args):
+        if arg not in cmdline:
+            problems.append(f"/proc/cmdline lacks {arg}")
+    by_address = _devices_by_address(facts)
+    groups = _groups_by_id(facts)
+    group_files = set((facts.get("vfio") or {}).get("group_files") or [])
+    targets = {d["address"] for entry in resolved for d in entry["devices"]}
+    for entry in resolved:
+        for dev in entry["devices"]:
+            address = dev["address"]
+            current = by_address.get(address, dev)
+            if current.get("driver") != entry["driver"]:
+                problems.append(f"{address} is on {_driver_name(current.get('driver'))}, not {entry['driver']}")
+            gid = current.get("iommu_group")
+            if gid is None:
+                problems.append(f"{address} has no IOMMU group")
+                continue
+            group = groups.get(gid)
+            if entry["driver"] == "vfio-pci":
+                if group is not None and not group.get("viable"):
+                    blockers = ", ".join(
+                        f"{b['address']} on {_driver_name(b.get('driver'))}" for b in group.get("blockers") or []
+                    )
+                    problems.append(f"IOMMU group {gid} of {address} is not viable ({blockers})")
+                if gid not in group_files:
+                    problems.append(f"/dev/vfio/{gid} (group of {address}) does not exist")
+            if group is None or entry["group"] in ("ignore", "fail"):
+                continue
+            for member in group["devices"]:
+                mdev = by_address.get(member) or {}
+                if member in targets or mdev.get("is_bridge"):
+                    continue
+                want = _STUB if entry["group"] == "stub" else "vfio-pci"
+                if mdev.get("driver") != want and not (mdev.get("driver") is None and want == _STUB):
+                    problems.append(
+                        f"{member} (in IOMMU group {gid} with {address}) is on {_driver_name(mdev.get('driver'))}, "
+                        f"not {want}"
+                    )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------- readiness
+def device_readiness(facts: dict, device: dict) -> dict:
+    """Whether a guest could be given this function now, and if not, every reason why."""
+    facts = facts or {}
+    reasons = []
+    driver = device.get("driver")
+    gid = device.get("iommu_group")
+    groups = _groups_by_id(facts)
+    group_files = set((facts.get("vfio") or {}).get("group_files") or [])
+    if not facts.get("enabled"):
+        reasons.append("IOMMU off")
+    if device.get("is_bridge"):
+        reasons.append("bridge (vfio-pci only drives endpoints)")
+    if gid is None:
+        if facts.get("enabled"):
+            reasons.append("no IOMMU group")
+    else:
+        group = groups.get(gid) or {}
+        for blocker in group.get("blockers") or []:
+            if blocker["address"] != device.get("address"):
+                reasons.append(f"group {gid} shared with {blocker['address']} on {_driver_name(blocker.get('driver'))}")
+        if is_vfio_driver(driver) and gid not in group_files:
+            reasons.append(f"/dev/vfio/{gid} missing")
+    if not is_vfio_driver(driver) and not device.get("is_bridge"):
+        if driver == _STUB:
+            reasons.append("on pci-stub (held for a group companion)")
+        elif driver:
+            reasons.append(f"on host driver {driver}")
+        else:
+            reasons.append("no driver bound (not on vfio-pci)")
+    return {
+        "address": device.get("address"),
+        "ids": f"{device.get('vendor_id')}:{device.get('device_id')}",
+        "name": " ".join(x for x in (device.get("vendor_name"), device.get("device_name")) if x) or None,
+        "class_id": device.get("class_id"),
+        "class_name": device.get("class_name"),
+        "driver": driver,
+        "iommu_group": gid,
+        "ready": not reasons,
+        "reasons": reasons,
+    }
+
+
+def passthrough_readiness(facts: dict) -> list:
+    """:func:`device_readiness` for every function in the facts."""
+    return [device_readiness(facts or {}, d) for d in (facts or {}).get("devices") or []]
+
+
+def host_report(name: str, facts, error: str | None = None) -> dict:
+    """One host's section of the fleet report."""
+    if not facts:
+        return {"host": name, "reachable": False, "error": error or "no facts (host unreachable or failed)"}
+    devices = passthrough_readiness(facts)
+    groups = [
+        {
+            "id": g["id"],
+            "devices": g.get("devices") or [],
+            "viable": bool(g.get("viable")),
+            "blockers": g.get("blockers") or [],
+            "vfio_file": g["id"] in set((facts.get("vfio") or {}).get("group_files") or []),
+        }
+        for g in facts.get("groups") or []
+    ]
+    return {
+        "host": name,
+        "reachable": True,
+        "iommu_enabled": bool(facts.get("enabled")),
+        "iommu_vendor": iommu_vendor(facts),
+        "units": [u.get("name") for u in facts.get("units") or []],
+        "firmware_tables": facts.get("firmware_tables") or [],
+        "cmdline": facts.get("cmdline") or {},
+        "warnings": facts.get("warnings") or [],
+        "groups": groups,
+        "devices": devices,
+        "ready_count": sum(1 for d in devices if d["ready"]),
+        "device_count": len(devices),
+    }
+
+
+def passthrough_report(hosts: list, host_facts: list, errors=None) -> dict:
+    """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order."""
+    errors = errors or {}
+    sections = [host_report(h, f, errors.get(h)) for h, f in zip(_as_list(hosts), _as_list(host_facts), strict=True)]
+    reachable = [s for s in sections if s["reachable"]]
+    return {
+        "hosts": sections,
+        "totals": {
+            "hosts": len(sections),
+            "unreachable": len(sections) - len(reachable),
+            "iommu_on": sum(1 for s in reachable if s["iommu_enabled"]),
+            "ready_devices": sum(s["ready_count"] for s in reachable),
+            "devices": sum(s["device_count"] for s in reachable),
+        },
+    }
+
+
+def _wrap(func):
+    def run(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnsibleFilterError(f"{func.__name__}: {exc}") from exc
+
+    return run
+
+
+class FilterModule:
+    """hostdev.vfio passthrough filters."""
+
+    def filters(self):
+        return {
+            "passthrough_resolve": _wrap(passthrough_resolve),
+            "passthrough_errors": _wrap(passthrough_errors),
+            "passthrough_kernel_args": _wrap(passthrough_kernel_args),
+            "passthrough_boot_ids": _wrap(passthrough_boot_ids),
+            "passthrough_restore_addresses": _wrap(passthrough_restore_addresses),
+            "passthrough_verify": _wrap(passthrough_verify),
+            "passthrough_readiness": _wrap(passthrough_readiness),
+            "passthrough_report": _wrap(passthrough_report),
+        }

@@ -1,0 +1,49 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The report playbook's Markdown and HTML templates render the filter's report with every reason visible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+import pytest
+from ansible_collections.hostdev.vfio.plugins.filter.passthrough import passthrough_report
+
+from .test_passthrough import bound_facts, lab_facts
+
+TEMPLATES = Path(__file__).resolve().parents[4] / "playbooks" / "templates"
+
+
+def render(name: str, report: dict) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True, autoescape=False)
+    return env.get_template(name).render(__report=report)
+
+
+@pytest.fixture
+def report():
+    facts = lab_facts(enabled=False)
+    facts["devices"][1]["device_name"] = "<script>alert(1)</script>"
+    return passthrough_report(["intel", "noiommu", "gone"], [bound_facts(), facts, None], {"gone": "unreachable"})
+
+
+def test_markdown(report):
+    text = render("report.md.j2", report)
+    assert "3 hosts, 1 unreachable; IOMMU on in 1;" in text
+    assert "| intel | on | intel | 4 | 2 / 6 |" in text
+    assert "| noiommu | off | intel | 0 | 0 / 6 |" in text
+    assert "| gone | unreachable | | | unreachable |" in text
+    assert (
+        "| 0000:01:02.0 | 8086:100e |  | 0200 | pci-stub | 7 | no | on pci-stub (held for a group companion) |" in text
+    )
+    assert "IOMMU off; on host driver e1000e" in text
+    assert "| 7 | 0000:00:08.0, 0000:01:01.0, 0000:01:02.0 | yes | yes |  |" in text
+
+
+def test_html_escapes_and_marks_readiness(report):
+    html = render("report.html.j2", report)
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert '<h2 id="noiommu">noiommu</h2>' in html
+    assert '<td class="yes">yes</td><td></td></tr>' in html  # a ready function, no reasons
+    assert "group 0 shared with" not in html  # a device never blocks itself
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
