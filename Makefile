@@ -78,6 +78,31 @@ test: test-static lab-test
 
 -include tests/lab/lab.mk
 
-.PHONY: bench-facts
+.PHONY: bench-facts bench-bind bench-fleet demo molecule
 bench-facts: collection
 	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python benchmarks/facts.py
+
+# Lab benchmarks and suites: the lab must be up (make lab-up); they take the lab lock like the test suites.
+LAB_CFG := ANSIBLE_CONFIG=$(CURDIR)/tests/lab/.state/ansible.cfg
+LAB_INV := -i $(CURDIR)/tests/lab/.state/inventory.yml -i $(CURDIR)/tests/lab/sample-inventory
+
+bench-bind: collection
+	$(BIN)/python benchmarks/bind.py
+
+bench-fleet: collection
+	flock /tmp/hostdev-lab.lock $(BIN)/python benchmarks/fleet.py
+
+# The main job on the built-in default: the lab fleet configured by hostdev.vfio.configure, then the report.
+demo: collection
+	$(BIN)/python tests/lab/lab.py up
+	$(LAB_CFG) flock /tmp/hostdev-lab.lock $(BIN)/ansible-playbook $(LAB_INV) hostdev.vfio.configure \
+	  -e passthrough_serial=3 -e passthrough_reboot_ok=true
+	$(LAB_CFG) flock /tmp/hostdev-lab.lock $(BIN)/ansible-playbook $(LAB_INV) hostdev.vfio.report \
+	  -e passthrough_report_dir=$(CURDIR)/passthrough-report
+	@echo "report: $(CURDIR)/passthrough-report/"
+
+# The role in the lab (converge, idempotence, verify; then removal). Not yet part of `make test`: see docs/role.md.
+molecule: collection
+	$(BIN)/python tests/lab/lab.py up
+	flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s default
+	flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s cleanup
