@@ -93,26 +93,48 @@ def kernel_module_index(root: str, version: str) -> tuple[set[str], set[str]]:
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration files
 # ---------------------------------------------------------------------------------------------------------------
-def edit_modules_file(text: str | None, modules: list[str], present: bool) -> str | None:
+def block_markers(name: str) -> tuple[str, str]:
+    """The lines that delimit this module's block in /etc/initramfs-tools/modules (comments to initramfs-tools)."""
+    return f"# BEGIN {name}: managed by hostdev.vfio.initramfs, do not edit by hand", f"# END {name}"
+
+
+def edit_modules_file(text: str | None, modules: list[str], present: bool, name: str = "hostdev-vfio") -> str | None:
     """/etc/initramfs-tools/modules: one module per line (with optional parameters); keep every other byte.
 
-    Missing modules are appended at the end; with ``present=False`` the lines naming them are removed.
+    The file is shared with the administrator and other tools, so the modules this module adds go into its own
+    block (``# BEGIN <name>`` ... ``# END <name>``), appended at the end of the file. A module already listed
+    anywhere in the file is not added again. With ``present=False`` only lines inside the block are removed (and
+    the block with them when it becomes empty): a line that was there before (outside the block) is not ours to
+    delete, so add-then-remove gives back the original file byte for byte.
     """
     text = text or ""
+    begin, end = block_markers(name)
     lines = text.splitlines(True)
-    names = []
-    for line in lines:
+    names, inside, b_idx, e_idx = [], [], None, None
+    for idx, line in enumerate(lines):
         stripped = line.strip()
+        if stripped == begin and b_idx is None:
+            b_idx = idx
+        elif stripped == end and b_idx is not None and e_idx is None:
+            e_idx = idx
         names.append(norm(stripped.split()[0]) if stripped and not stripped.startswith("#") else None)
+        inside.append(b_idx is not None and b_idx < idx and e_idx is None)
+    if b_idx is not None and e_idx is None:
+        raise InitramfsError(f"{begin!r} has no matching {end!r} line in the modules file: repair the file by hand")
     if present:
         add = [m for m in modules if norm(m) not in names]
         if not add:
             return text
+        if b_idx is not None:
+            return "".join(lines[:e_idx]) + "".join(f"{m}\n" for m in add) + "".join(lines[e_idx:])
         if text and not text.endswith("\n"):
             text += "\n"
-        return text + "".join(f"{m}\n" for m in add)
+        return text + begin + "\n" + "".join(f"{m}\n" for m in add) + end + "\n"
     drop = {norm(m) for m in modules}
-    return "".join(line for line, n in zip(lines, names, strict=True) if n not in drop)
+    keep = [not (inside[i] and names[i] in drop) for i in range(len(lines))]
+    if b_idx is not None and not any(keep[i] and lines[i].strip() for i in range(b_idx + 1, e_idx)):
+        keep[b_idx] = keep[e_idx] = False
+    return "".join(line for line, k in zip(lines, keep, strict=True) if k)
 
 
 def _parse_list_file(text: str | None, pattern: str) -> list[str]:
@@ -309,7 +331,7 @@ def plan_initramfs(
     if backend == "initramfs-tools":
         plan.config_path = rooted(root, "/etc/initramfs-tools/modules")
         plan.config_before = read_text(plan.config_path)
-        plan.config_after = edit_modules_file(plan.config_before, config_modules, present)
+        plan.config_after = edit_modules_file(plan.config_before, config_modules, present, name)
         if plan.config_before is None and not present:
             plan.config_after = None
     elif backend == "dracut":

@@ -16,7 +16,9 @@ description:
     early, regenerates the image of every installed kernel when and only when something changed, and lists each
     image afterwards to prove the modules (and the files named in O(verify_files)) are inside.
   - "Backends - V(initramfs-tools) (Debian/Ubuntu - the modules are listed in C(/etc/initramfs-tools/modules),
-    keeping every other line; C(update-initramfs -u -k VERSION); C(lsinitramfs)), V(dracut) (RHEL/Fedora/SUSE -
+    inside this module's own block C(# BEGIN <name>) ... C(# END <name>) at the end of the file, keeping every
+    other line; a module already listed elsewhere in the file is not added, and O(state=absent) removes only lines
+    of the block, so lines that were there before stay; C(update-initramfs -u -k VERSION); C(lsinitramfs)), V(dracut) (RHEL/Fedora/SUSE -
     C(/etc/dracut.conf.d/<name>.conf) with C(force_drivers+=), so dracut also loads them early;
     C(dracut -f --kver VERSION IMAGE); C(lsinitrd)), V(mkinitcpio) (Arch - C(/etc/mkinitcpio.conf.d/<name>.conf)
     with C(MODULES+=()); C(mkinitcpio -P); C(lsinitcpio -l)). O(backend=auto) picks them in that order by the
@@ -81,7 +83,8 @@ options:
     choices: [auto, initramfs-tools, dracut, mkinitcpio]
   name:
     description:
-      - Base name of the drop-in file of V(dracut) and V(mkinitcpio).
+      - Base name of the drop-in file of V(dracut) and V(mkinitcpio), and the name of the block in
+        C(/etc/initramfs-tools/modules) of V(initramfs-tools).
     type: str
     default: hostdev-vfio
   root:
@@ -223,8 +226,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if not p["name"] or "/" in p["name"] or p["name"].startswith("."):
-        module.fail_json(msg=f"name {p['name']!r} must be a plain file name without '/'")
+    if not p["name"] or "/" in p["name"] or p["name"].startswith(".") or any(c.isspace() for c in p["name"]):
+        module.fail_json(msg=f"name {p['name']!r} must be a plain file name without '/' or whitespace")
     for f in p["verify_files"]:
         if not f.startswith("/"):
             module.fail_json(msg=f"verify_files: {f!r} must be an absolute path")

@@ -131,26 +131,56 @@ class FakeHost:
         return ir.verify(plan, str(self.root), plan.modules_by_kernel is not None, [], self.run, TOOLS)
 
 
+B = "# BEGIN hostdev-vfio: managed by hostdev.vfio.initramfs, do not edit by hand\n"
+E = "# END hostdev-vfio\n"
+
+
 @pytest.mark.parametrize(
     ("text", "mods", "present", "expected"),
     [
-        ("# c\nvirtio_blk\n", ["vfio", "vfio-pci"], True, "# c\nvirtio_blk\nvfio\nvfio-pci\n"),
-        ("virtio_blk", ["vfio"], True, "virtio_blk\nvfio\n"),
+        ("# c\nvirtio_blk\n", ["vfio", "vfio-pci"], True, "# c\nvirtio_blk\n" + B + "vfio\nvfio-pci\n" + E),
+        ("virtio_blk", ["vfio"], True, "virtio_blk\n" + B + "vfio\n" + E),
         ("vfio_pci ids=1\n", ["vfio-pci"], True, "vfio_pci ids=1\n"),
-        ("# c\nvfio\nvirtio_blk\nvfio-pci  \n", ["vfio", "vfio_pci"], False, "# c\nvirtio_blk\n"),
-        (None, ["vfio"], True, "vfio\n"),
+        ("a\n" + B + "vfio\n" + E + "b\n", ["vfio", "vfio_pci"], True, "a\n" + B + "vfio\nvfio_pci\n" + E + "b\n"),
+        ("# c\n" + B + "vfio\nvfio-pci  \n" + E, ["vfio", "vfio_pci"], False, "# c\n"),
+        ("a\n" + B + "vfio\nvfio_pci\n" + E + "b\n", ["vfio_pci"], False, "a\n" + B + "vfio\n" + E + "b\n"),
+        # Lines outside the block were there before this module: state=absent leaves them alone.
+        ("# c\nvfio\nvirtio_blk\nvfio-pci  \n", ["vfio", "vfio_pci"], False, "# c\nvfio\nvirtio_blk\nvfio-pci  \n"),
+        (None, ["vfio"], True, B + "vfio\n" + E),
     ],
 )
 def test_edit_modules_file(text, mods, present, expected):
     assert ir.edit_modules_file(text, mods, present) == expected
 
 
+def test_edit_modules_file_unterminated_block_is_refused():
+    with pytest.raises(ir.InitramfsError, match="no matching"):
+        ir.edit_modules_file("a\n" + B + "vfio\n", ["vfio"], False)
+
+
+def test_remove_keeps_lines_that_were_there_before():
+    """The lab failure: the admin (or another tool) listed vfio_pci before us; add + remove must restore the file."""
+    before = "# List of modules\nvirtio_blk\nvfio_pci ids=8086:293e\nvfio\n"
+    added = ir.edit_modules_file(before, VFIO, True)
+    assert added == before + B + "vfio_iommu_type1\nvfio_virqfd\n" + E
+    assert ir.edit_modules_file(added, VFIO, False) == before
+
+
 @given(st.lists(st.from_regex(r"(#.*|[a-z_]{1,8}( x=1)?|\s*)", fullmatch=True), max_size=8))
 def test_edit_modules_file_keeps_unrelated_lines(lines):
     text = "".join(ln + "\n" for ln in lines)
     after = ir.edit_modules_file(text, ["vfio_zz"], True)
-    assert after == text + "vfio_zz\n"
+    assert after == text + B + "vfio_zz\n" + E
     assert ir.edit_modules_file(after, ["vfio-zz"], False) == text
+
+
+@given(
+    st.lists(st.from_regex(r"(#.*|[a-z_]{1,8}( x=1)?|\s*)", fullmatch=True), max_size=8),
+    st.lists(st.sampled_from(["vfio", "vfio_pci", "vfio-pci", "vfio_iommu_type1", "kvm"]), max_size=4),
+)
+def test_add_then_remove_restores_any_file(lines, mods):
+    text = "".join(ln + "\n" for ln in lines)
+    assert ir.edit_modules_file(ir.edit_modules_file(text, mods, True), mods, False) == text
 
 
 @pytest.mark.parametrize(
@@ -182,7 +212,10 @@ def test_parse_listing_formats():
 def test_initramfs_tools_add_idempotent_and_remove(tmp_path):
     host = FakeHost(tmp_path)
     plan = host.plan()
-    assert plan.config_after == "# List of modules\nvirtio_blk\nvfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n"
+    assert (
+        plan.config_after
+        == "# List of modules\nvirtio_blk\n" + B + "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n" + E
+    )
     assert plan.regenerate == ["6.1.0-26-amd64"] and plan.reasons["6.1.0-26-amd64"] == "configuration changed"
     assert plan.commands == [["update-initramfs", "-u", "-k", "6.1.0-26-amd64"]]
     assert plan.warnings == []  # 6.1 still has vfio_virqfd
@@ -218,7 +251,7 @@ def test_initramfs_tools_regenerates_stale_image_and_on_files_changed(tmp_path):
 def test_virqfd_left_out_for_new_kernels(tmp_path):
     host = FakeHost(tmp_path, kernels=("6.8.0-45-generic",))
     plan = host.plan()
-    assert plan.config_after.endswith("virtio_blk\nvfio\nvfio_iommu_type1\nvfio_pci\n") and plan.warnings
+    assert plan.config_after.endswith("virtio_blk\n" + B + "vfio\nvfio_iommu_type1\nvfio_pci\n" + E) and plan.warnings
     assert host.apply(plan) == []
     assert plan.images["6.8.0-45-generic"]["modules"] == ["vfio", "vfio_iommu_type1", "vfio_pci"]
 
@@ -228,7 +261,7 @@ def test_every_installed_kernel_and_virqfd_per_kernel(tmp_path):
     (tmp_path / "lib/modules/6.0.0-old").mkdir()  # no kernel image: not a target
     plan = host.plan()
     assert plan.kernels == ["5.15.0-91-generic", "6.8.0-45-generic"]
-    assert plan.config_after.endswith("vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n")
+    assert plan.config_after.endswith("vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n" + E)
     assert plan.modules_by_kernel["5.15.0-91-generic"] == VFIO
     assert "vfio_virqfd" not in plan.modules_by_kernel["6.8.0-45-generic"]
     assert host.apply(plan) == []

@@ -43,7 +43,7 @@ def test_check_real_check_real(host):
     res, failed = run_module(initramfs.main, {**host.args, **MODS, "_ansible_check_mode": True, "_ansible_diff": True})
     assert not failed and res["changed"] and res["regenerated"] == ["6.1.0-26-amd64"]
     assert conf.read_text() == before and not any(c[0] == "update-initramfs" for c in host.calls)
-    assert res["diff"]["after"].endswith("vfio\nvfio_iommu_type1\nvfio-pci\nvfio_virqfd\n")
+    assert res["diff"]["after"].endswith("vfio\nvfio_iommu_type1\nvfio-pci\nvfio_virqfd\n# END hostdev-vfio\n")
 
     res, failed = run_module(initramfs.main, {**host.args, **MODS})
     assert not failed and res["changed"] and res["backend"] == "initramfs-tools"
@@ -84,3 +84,11 @@ def test_regenerate_never_only_warns(host):
 def test_relative_verify_file_refused(host):
     res, failed = run_module(initramfs.main, {**host.args, **MODS, "verify_files": ["etc/x"]})
     assert failed and "absolute" in res["msg"]
+
+
+@pytest.mark.parametrize("name", ["a/b", ".hidden", "two words", "x\ny"])
+def test_bad_name_refused(host, name):
+    conf = host.root / "etc/initramfs-tools/modules"
+    before = conf.read_text()
+    res, failed = run_module(initramfs.main, {**host.args, **MODS, "name": name})
+    assert failed and repr(name) in res["msg"] and conf.read_text() == before
