@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Time binding and unbinding the lab's 3-device bridge group (bridge + two e1000; only the two NICs change).
 
-Runs against one lab guest (default ``intel``) while holding the lab lock (/tmp/hostdev-lab.lock). For each of
+Runs against one lab guest (default ``intel``) while holding the lab locks: shared on /tmp/hostdev-lab.lock (other
+engineers may use the other guests meanwhile) and exclusive on /tmp/hostdev-lab.<host>.lock. For each of
 ``--repeat`` rounds, a bind (both NICs to vfio-pci) and an unbind (back to the host driver) are timed with:
 
 - ``module``: hostdev.vfio.vfio_bind through ``ansible`` ad hoc (wall time on the controller: Ansible start-up,
@@ -15,8 +16,8 @@ Runs against one lab guest (default ``intel``) while holding the lab lock (/tmp/
   and removed again afterwards), timed inside the guest.
 
 Prints the median of each, and the ratios to the floor. Needs the lab up (``make lab-up``) and the collection
-built (``make collection``); run with the dev venv's python (``make bench-bind``, or
-``.venv/bin/python benchmarks/bind.py``).
+built (``make collection``, or a private copy named by ``ANSIBLE_COLLECTIONS_PATH``); run with the dev venv's
+python (``make bench-bind``, or ``.venv/bin/python benchmarks/bind.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / "tests" / "lab" / ".state"
 LOCK = "/tmp/hostdev-lab.lock"
-COLL = REPO / "build" / "ansible_collections" / "hostdev" / "vfio"
+GUEST_LOCK = "/tmp/hostdev-lab.{host}.lock"
+# the collection to time: the first entry of ANSIBLE_COLLECTIONS_PATH, else the shared build/ (make collection)
+COLL_ROOT = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep)[0] or REPO / "build")
+COLL = COLL_ROOT / "ansible_collections" / "hostdev" / "vfio"
 GUEST_DIR = "/tmp/hostdev-bench"
 
 BACKEND = r"""
@@ -129,7 +133,7 @@ class Guest:
 
 
 def ansible_bind(guest: Guest, args: dict) -> float:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(STATE / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(REPO / "build"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(STATE / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLL_ROOT))
     ansible = str(Path(sys.executable).parent / "ansible")
     t = time.perf_counter()
     proc = subprocess.run(
@@ -171,18 +175,21 @@ def main(argv=None) -> int:
     nics = [devs["bridge_nic1"]["address"], devs["bridge_nic2"]["address"]]
     times = {k: {"bind": [], "unbind": []} for k in ("module", "backend", "floor", "driverctl")}
     notes = []
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(LOCK, "a") as lock, open(GUEST_LOCK.format(host=opts.host), "a") as guest_lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        fcntl.flock(guest_lock, fcntl.LOCK_EX)
         with tempfile.TemporaryDirectory() as tmp:
             tarball = os.path.join(tmp, "coll.tar")
             subprocess.run(
-                ["tar", "-cf", tarball, "-C", str(REPO / "build"), "ansible_collections/hostdev/vfio/plugins"],
+                ["tar", "-cf", tarball, "-C", str(COLL_ROOT), "ansible_collections/hostdev/vfio/plugins"],
                 check=True,
             )
             guest.sh(f"rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR}")
             guest.put(tarball, f"{GUEST_DIR}/coll.tar")
             guest.sh(f"tar -xf {GUEST_DIR}/coll.tar -C {GUEST_DIR}")
             have_driverctl = guest.sh("command -v driverctl || true").strip()
+            # the module runs keep their record in the default state directory; remove it afterwards if we made it
+            had_state_dir = guest.sh("test -e /var/lib/hostdev-vfio && echo yes || true").strip() == "yes"
             installed_here = False
             if not have_driverctl:
                 try:
@@ -215,6 +222,8 @@ def main(argv=None) -> int:
                 if installed_here:
                     guest.sh("dpkg -P driverctl >/dev/null", check=False)
                 guest.sh(f"rm -rf {GUEST_DIR}", check=False)
+                if not had_state_dir:
+                    guest.sh("rm -rf /var/lib/hostdev-vfio", check=False)
     print(f"vfio_bind benchmark on lab guest {opts.host}: {opts.repeat} rounds, group of bridge + {', '.join(nics)}")
     floor = {m: ms(times["floor"][m]) for m in ("bind", "unbind")}
     print(f"{'method':<10} {'bind ms':>10} {'unbind ms':>10} {'bind/floor':>11} {'unbind/floor':>13}")
