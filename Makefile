@@ -33,7 +33,7 @@ venv: $(VENV)/.stamp
 collection: venv
 	@if [ ! -L $(BUILD) ]; then rm -rf $(BUILD); mkdir -p $(BUILD_REAL); ln -sfn $(BUILD_REAL) $(BUILD); fi
 	@rm -rf $(COLL) && mkdir -p $(COLL)
-	@tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./tests/lab/.state \
+	@tar -c --exclude=./.git --exclude=./.venv --exclude=./.venv-sanity --exclude=./.ansible --exclude=./build --exclude=./tests/lab/.state --exclude=./passthrough-report \
 	  --exclude='__pycache__' --exclude='.pytest_cache' --exclude='.ruff_cache' --exclude='.hypothesis' . \
 	  | tar -x -C $(COLL)
 
