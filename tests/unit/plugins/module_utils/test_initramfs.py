@@ -104,7 +104,8 @@ class FakeHost:
         # lsinitrd / lsinitcpio -l: ls -l like lines
         return 0, "".join(f"-rw-r--r--   1 root root   1234 Jan  1 00:00 {p}\n" for p in paths), ""
 
-    def plan(self, modules=VFIO, present=True, regenerate="auto", files=(), files_changed=False, kernels=None):
+    def plan(self, modules=None, present=True, regenerate="auto", files=(), files_changed=False, kernels=None):
+        modules = VFIO if modules is None else modules
         return ir.plan_initramfs(
             str(self.root),
             self.flavour,
@@ -205,7 +206,7 @@ def test_parse_listing_formats():
         "lrwxrwxrwx   1 root root   7 Jan  1 00:00 lib -> usr/lib\n"
     )
     assert ir.parse_listing(lsinitrd)[-2:] == ["usr/lib/modules/6.8/kernel/drivers/vfio/vfio.ko.xz", "lib"]
-    mods, _ = ir.image_contents(ir.parse_listing(lsinitrd))
+    mods, _files = ir.image_contents(ir.parse_listing(lsinitrd))
     assert mods == {"vfio"}
 
 

@@ -56,7 +56,7 @@ def test_parse_render_roundtrip(args):
 def test_apply_keeps_unrelated_in_order_and_is_idempotent(current, add):
     add = list({kc.canonical_name(n): (n, v) for n, v in add}.values())
     new = apply_cmdline(current, add, [])
-    names = {kc.canonical_name(n) for n, _ in add}
+    names = {kc.canonical_name(n) for n, _value in add}
     assert [a for a in new if kc.canonical_name(a[0]) not in names] == [
         a for a in current if kc.canonical_name(a[0]) not in names
     ]
@@ -174,7 +174,7 @@ def apply_plan(plan, root=None):
 def test_grub_adds_dropin_and_is_idempotent(grub_root):
     args = [("iommu", "pt"), ("hostdev_vfio_test", "1")]
     plan = kc.plan_grub(str(grub_root), args, [], "hostdev-vfio")
-    assert [p for p, _, _ in plan.files] == [str(grub_root / "etc/default/grub.d/hostdev-vfio.cfg")]
+    assert [p for p, _before, _after in plan.files] == [str(grub_root / "etc/default/grub.d/hostdev-vfio.cfg")]
     assert plan.commands == [["update-grub"]]
     assert render_cmdline(plan.cmdline_after).endswith("quiet iommu=pt hostdev_vfio_test=1")
     apply_plan(plan, grub_root)
@@ -191,7 +191,7 @@ def test_grub_adds_dropin_and_is_idempotent(grub_root):
 
 def test_grub_changes_and_removes_in_etc_default_grub_surgically(grub_root):
     plan = kc.plan_grub(str(grub_root), [("intel_iommu", "on,igfx_off")], [("quiet", None)], "hostdev-vfio")
-    assert [p for p, _, _ in plan.files] == [str(grub_root / "etc/default/grub")]
+    assert [p for p, _before, _after in plan.files] == [str(grub_root / "etc/default/grub")]
     after = plan.files[0][2]
     assert after == GRUB_DEFAULT.replace('DEFAULT="quiet"', 'DEFAULT=""').replace(
         "intel_iommu=on", "intel_iommu=on,igfx_off"
@@ -268,7 +268,7 @@ class FakeGrubby:
             return 0, out, ""
         assert argv[1] == "--update-kernel=ALL"
         for opt in argv[2:]:
-            key, _, val = opt.partition("=")
+            key, _sep, val = opt.partition("=")
             for k, a in self.entries.items():
                 cur = parse_cmdline(a)
                 if key == "--remove-args":
@@ -307,7 +307,7 @@ class FakeOstree:
             return 0, self.kargs + "\n", ""
         cur = parse_cmdline(self.kargs)
         for opt in argv[2:]:
-            key, _, val = opt.partition("=")
+            key, _sep, val = opt.partition("=")
             arg = parse_cmdline(val)[0]
             if key == "--delete-if-present":
                 cur = [c for c in cur if c != arg]
