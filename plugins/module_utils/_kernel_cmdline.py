@@ -15,6 +15,8 @@ import os
 import re
 import shlex
 
+from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import installed_kernels
+
 MARKER = "# Managed by hostdev.vfio.kernel_cmdline: do not edit by hand."
 BACKENDS = ("grub", "grubby", "systemd-boot", "proxmox", "rpm-ostree", "bootc")
 
@@ -580,17 +582,6 @@ def plan_grubby(run, args, remove, grubby: str = "grubby") -> Plan:
 # ---------------------------------------------------------------------------------------------------------------
 # systemd-boot / kernel-install and Proxmox: /etc/kernel/cmdline
 # ---------------------------------------------------------------------------------------------------------------
-def installed_kernels(root: str) -> list[str]:
-    mod_dir = rooted(root, "/lib/modules")
-    if not os.path.isdir(mod_dir):
-        return []
-    out = []
-    for ver in sorted(os.listdir(mod_dir)):
-        if os.path.exists(rooted(root, f"/boot/vmlinuz-{ver}")) or os.path.exists(
-            os.path.join(mod_dir, ver, "vmlinuz")
-        ):
-            out.append(ver)
-    return out
 
 
 def _plan_kernel_cmdline_file(plan: Plan, root: str, proc_root: str, args, remove) -> None:
