@@ -399,8 +399,13 @@ def _plan_device(dev, role, target, request, rules, state, kernel) -> DevicePlan
         override_before=dev.driver_override,
         target=target,
     )
+    # A companion the group policy parks is persisted with the selected device, or the group is not viable
+    # after a reboot (the companion's host driver takes it back while vfio-pci holds the selected device).
+    parked = role == "companion" and request.group in ("stub", "vfio")
     if role == "bridge" or (target is None and not request.to_host):
         dp.driver_after = dev.driver
+        if request.persistent and parked and dev.driver:
+            _plan_rule(dp, dev, dev.driver, rules)
         return dp
     record = state.get(dev.address)
     if request.to_host and role == "selected":
@@ -439,13 +444,17 @@ def _plan_device(dev, role, target, request, rules, state, kernel) -> DevicePlan
         if (is_vfio_driver(target) or target in STUB_DRIVERS) and taking_from_host and record is None:
             dp.record = {"driver": dev.driver, "module": kernel.driver_module(dev.driver), "ids": dev.ids}
             dp.actions.append(f"record original driver {dev.driver}")
-    if request.persistent and role == "selected":
-        line = render_rule(dev.address, dev.vendor_id, dev.device_id, target)
-        if rules.get(dev.address, (None,))[0] != line:
-            dp.rule = line
-            dp.actions.append("add udev rule" if dev.address not in rules else "update udev rule")
+    if request.persistent and (role == "selected" or parked):
+        _plan_rule(dp, dev, target, rules)
     dp.driver_after = target
     return dp
+
+
+def _plan_rule(dp: DevicePlan, dev, driver: str, rules: dict) -> None:
+    line = render_rule(dev.address, dev.vendor_id, dev.device_id, driver)
+    if rules.get(dev.address, (None,))[0] != line:
+        dp.rule = line
+        dp.actions.append("add udev rule" if dev.address not in rules else "update udev rule")
 
 
 def build_plan(

@@ -85,6 +85,8 @@ options:
       - Also make the binding of the selected devices survive a reboot - a line per device in the managed udev
         rules file O(rules_file) sets C(driver_override) when the device is added (matching address and
         vendor:device) and loads the driver, before C(80-drivers.rules) loads the host driver.
+      - The group companions that O(group=stub) or O(group=vfio) parks get a line too, so the group is still
+        viable after the reboot. Give them back with O(driver=host) (listing their addresses) to drop their lines.
       - The host driver must not have bound the device before udev runs - it must be a module that is not built
         in and not loaded earlier (for example by the initramfs without the rule); see RV(initramfs_update_needed).
       - V(false) leaves any existing rule alone; O(driver=host) removes it.

@@ -454,8 +454,25 @@ def test_diff_lines(lab):
     )
     assert d["after"] == (
         "0000:01:01.0: driver=vfio-pci driver_override=vfio-pci udev_rule=vfio-pci\n"
-        "0000:01:02.0: driver=pci-stub driver_override=pci-stub udev_rule=no\n"
+        "0000:01:02.0: driver=pci-stub driver_override=pci-stub udev_rule=pci-stub\n"
     )
+
+
+def test_persistent_rules_cover_parked_companions(lab):
+    # The companion must come back on pci-stub after a reboot too, or the group is not viable.
+    host, kernel, tmp = lab
+    run(host, kernel, tmp, address=[NIC1], group="stub", persistent=True)
+    rules = _bind.parse_rules((tmp / "rules.d/05-hostdev-vfio.rules").read_text())
+    assert {a: d for a, (_line, d) in rules.items()} == {NIC1: "vfio-pci", NIC2: "pci-stub"}
+    # Idempotent, also for a companion that already sits on pci-stub (no target, rule kept).
+    assert not plan_for(host, kernel, tmp, address=[NIC1], group="stub", persistent=True).changed
+
+
+def test_no_rule_for_companions_left_alone(lab):
+    host, kernel, tmp = lab
+    run(host, kernel, tmp, address=[NIC1], group="ignore", persistent=True)
+    rules = _bind.parse_rules((tmp / "rules.d/05-hostdev-vfio.rules").read_text())
+    assert list(rules) == [NIC1]
 
 
 def test_bad_state_file_is_a_clear_error(lab):
