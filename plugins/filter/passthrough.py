@@ -273,22 +273,62 @@ def passthrough_kernel_args(facts: dict, mode: str = "auto", pt: bool = False, e
 
 
 # --------------------------------------------------------------------------------------------------- boot time
-def passthrough_boot_ids(resolved: list, softdep_drivers=None) -> dict:
+def _boot_targets(facts: dict, resolved: list) -> dict:
+    """``{address: driver}`` the boot configuration must give: the selected functions and their group companions
+    (``stub`` policy: pci-stub, ``vfio``: vfio-pci; ``fail``/``ignore``: none), bridges excluded."""
+    by_address = _devices_by_address(facts)
+    groups = _groups_by_id(facts)
+    targets = {d["address"]: entry["driver"] for entry in resolved for d in entry["devices"]}
+    for entry in resolved:
+        if entry["group"] not in ("stub", "vfio"):
+            continue
+        want = _STUB if entry["group"] == "stub" else "vfio-pci"
+        for dev in entry["devices"]:
+            group = groups.get(by_address.get(dev["address"], dev).get("iommu_group"))
+            for member in group["devices"] if group else []:
+                mdev = by_address.get(member)
+                if mdev and not mdev.get("is_bridge") and member not in targets:
+                    targets[member] = want
+    return targets
+
+
+def passthrough_boot_ids(facts: dict, resolved: list, softdep_drivers=None) -> dict:
     """``options vfio-pci ids=`` / ``options pci-stub ids=`` values and softdeps for the ``ids`` boot method.
 
-    Softdeps go on the host drivers the selected devices use now (vfio-pci and pci-stub themselves excluded),
-    unless ``softdep_drivers`` names them.
+    The ids cover the selected functions and the group companions their policy parks, so the groups are viable
+    from the first boot on. Softdeps go on the host drivers these functions use now (vfio-pci and pci-stub
+    themselves excluded), unless ``softdep_drivers`` names them. ``conflicts`` lists why the ids cannot be used
+    on this host: an id option applies to every function with that vendor:device, so another function with the
+    same ids (a second identical card the host keeps, or the management NIC) would be taken from its driver at
+    the next boot, and an id wanted by both drivers goes to whichever loads first.
     """
-    vfio_ids, stub_ids, drivers = [], [], []
-    for entry in resolved:
-        target = vfio_ids if entry["driver"] == "vfio-pci" else stub_ids
-        for dev in entry["devices"]:
-            ids = f"{dev['vendor_id']}:{dev['device_id']}"
-            if ids not in target:
-                target.append(ids)
-            drv = dev.get("driver")
-            if drv and not is_vfio_driver(drv) and drv != _STUB and drv not in drivers:
-                drivers.append(drv)
+    facts = facts or {}
+    by_address = _devices_by_address(facts)
+    known = {d["address"]: d for entry in resolved for d in entry["devices"]} | by_address
+    targets = _boot_targets(facts, resolved)
+    vfio_ids, stub_ids, drivers, conflicts = [], [], [], []
+    for address in sorted(targets):
+        dev = known[address]
+        ids = _ids_of(dev)
+        target = vfio_ids if targets[address] == "vfio-pci" else stub_ids
+        if ids not in target:
+            target.append(ids)
+        drv = dev.get("driver")
+        if drv and not is_vfio_driver(drv) and drv != _STUB and drv not in drivers:
+            drivers.append(drv)
+    for ids in sorted(set(vfio_ids) & set(stub_ids)):
+        wanted = ", ".join(f"{a} on {targets[a]}" for a in sorted(targets) if _ids_of(known[a]) == ids)
+        conflicts.append(
+            f"{ids} is wanted by both vfio-pci and pci-stub ({wanted}): ids options cannot tell them apart"
+        )
+    claimed = {i: "vfio-pci" for i in vfio_ids} | {i: _STUB for i in stub_ids}
+    for address, dev in sorted(by_address.items()):
+        ids = _ids_of(dev)
+        if address not in targets and ids in claimed:
+            conflicts.append(
+                f"{address} ({ids}, on {_driver_name(dev.get('driver'))}) is not selected but has the ids "
+                f"{claimed[ids]} would claim at boot: select it too, or use passthrough_boot_method: override"
+            )
     if softdep_drivers:
         drivers = list(_as_list(softdep_drivers))
     pre = (["vfio-pci"] if vfio_ids else []) + ([_STUB] if stub_ids else [])
@@ -296,7 +336,12 @@ def passthrough_boot_ids(resolved: list, softdep_drivers=None) -> dict:
         "vfio_ids": vfio_ids,
         "stub_ids": stub_ids,
         "softdeps": [{"name": d, "pre": pre} for d in sorted(drivers)] if pre else [],
+        "conflicts": conflicts,
     }
+
+
+def _ids_of(dev) -> str | None:
+    return f"{dev.get('vendor_id')}:{dev.get('device_id')}" if dev else None
 
 
 def passthrough_restore_addresses(facts: dict, resolved: list) -> list:

@@ -254,8 +254,13 @@ def test_kernel_args_keep_leaves_iommu_alone(mode):
 
 # --------------------------------------------------------------------------------------------------- boot ids
 def test_boot_ids_from_current_drivers():
-    selectors = [{"address": ["00:04.0"]}, {"device_class": ["0403"]}, {"address": ["01:02.0"], "driver": "pci-stub"}]
-    out = passthrough_boot_ids(passthrough_resolve(lab_facts(), selectors))
+    selectors = [
+        {"address": ["00:04.0"]},
+        {"device_class": ["0403"]},
+        {"address": ["01:01.0", "01:02.0"], "driver": "pci-stub"},
+    ]
+    facts = lab_facts()
+    out = passthrough_boot_ids(facts, passthrough_resolve(facts, selectors))
     assert out["vfio_ids"] == ["8086:10d3", "8086:293e"]
     assert out["stub_ids"] == ["8086:100e"]
     assert out["softdeps"] == [
@@ -263,13 +268,53 @@ def test_boot_ids_from_current_drivers():
         {"name": "e1000e", "pre": ["vfio-pci", "pci-stub"]},
         {"name": "snd_hda_intel", "pre": ["vfio-pci", "pci-stub"]},
     ]
+    assert out["conflicts"] == []
+
+
+def test_boot_ids_include_companions_parked_by_the_group_policy():
+    facts = lab_facts()
+    facts["devices"][5]["device_id"] = "100f"
+    out = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["01:01.0"]}]))
+    assert out["vfio_ids"] == ["8086:100e"] and out["stub_ids"] == ["8086:100f"] and out["conflicts"] == []
+    vfio = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["01:01.0"], "group": "vfio"}]))
+    assert vfio["vfio_ids"] == ["8086:100e", "8086:100f"] and vfio["stub_ids"] == []
+    # fail/ignore: the companions are not the role's to park.
+    alone = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["01:01.0"], "group": "fail"}]))
+    assert alone["vfio_ids"] == ["8086:100e"] and alone["stub_ids"] == []
+
+
+def test_boot_ids_same_ids_for_vfio_and_its_stub_companion_conflict():
+    # The lab's two bridge NICs are both 8086:100e: one cannot go to vfio-pci and the other to pci-stub by ids.
+    facts = lab_facts()
+    out = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["01:01.0"]}]))
+    assert len(out["conflicts"]) == 1
+    assert "8086:100e is wanted by both vfio-pci and pci-stub" in out["conflicts"][0]
+    assert "0000:01:01.0 on vfio-pci, 0000:01:02.0 on pci-stub" in out["conflicts"][0]
+
+
+def test_boot_ids_unselected_function_with_the_same_ids_conflicts():
+    facts = lab_facts()
+    facts["devices"].append(dev("0000:00:0a.0", "8086", "10d3", "020000", "e1000e", 9))
+    facts["groups"].append({"id": 9, "devices": ["0000:00:0a.0"], "viable": False, "blockers": []})
+    out = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["00:04.0"]}]))
+    assert out["vfio_ids"] == ["8086:10d3"]
+    assert out["conflicts"] == [
+        "0000:00:0a.0 (8086:10d3, on e1000e) is not selected but has the ids vfio-pci would claim at boot: "
+        "select it too, or use passthrough_boot_method: override"
+    ]
 
 
 def test_boot_ids_explicit_softdep_drivers_and_bound_devices():
-    out = passthrough_boot_ids(passthrough_resolve(bound_facts(), [{"address": ["00:04.0"]}]), ["e1000e"])
-    assert out == {"vfio_ids": ["8086:10d3"], "stub_ids": [], "softdeps": [{"name": "e1000e", "pre": ["vfio-pci"]}]}
+    facts = bound_facts()
+    out = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["00:04.0"]}]), ["e1000e"])
+    assert out == {
+        "vfio_ids": ["8086:10d3"],
+        "stub_ids": [],
+        "softdeps": [{"name": "e1000e", "pre": ["vfio-pci"]}],
+        "conflicts": [],
+    }
     # Already on vfio-pci and no explicit list: no host driver to derive a softdep from.
-    assert passthrough_boot_ids(passthrough_resolve(bound_facts(), [{"address": ["00:04.0"]}]))["softdeps"] == []
+    assert passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["00:04.0"]}]))["softdeps"] == []
 
 
 def test_restore_addresses_include_companions_on_stub():
