@@ -103,6 +103,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+check_mode:
+  description:
+    - Whether the module ran in check mode (it changes nothing either way). Unlike C(ansible_check_mode), which
+      only reflects C(--check) on the command line, this also sees the C(check_mode) keyword on a play, block or
+      task; the passthrough role uses it to tell a dry run.
+  returned: always
+  type: bool
+  sample: false
 ansible_facts:
   description: Facts to add to C(ansible_facts).
   returned: always
@@ -251,7 +259,7 @@ def main():
     )
     for warning in facts["warnings"]:
         module.warn(warning)
-    module.exit_json(changed=False, ansible_facts={"iommu": facts})
+    module.exit_json(changed=False, check_mode=module.check_mode, ansible_facts={"iommu": facts})
 
 
 if __name__ == "__main__":

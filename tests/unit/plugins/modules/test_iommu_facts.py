@@ -16,6 +16,8 @@ def test_module_returns_facts_in_check_mode(tmp_path):
     host = gpu_host(tmp_path)
     result, failed = run_module(iommu_facts.main, args_for(host, names=False, _ansible_check_mode=True))
     assert not failed and result["changed"] is False
+    assert result["check_mode"] is True
+    assert run_module(iommu_facts.main, args_for(host, names=False))[0]["check_mode"] is False
     iommu = result["ansible_facts"]["iommu"]
     assert iommu["enabled"] is True
     assert [g["id"] for g in iommu["groups"] if not g["viable"]] == [2, 7, 13, 40, 1000]
