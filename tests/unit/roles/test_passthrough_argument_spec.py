@@ -1,0 +1,112 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The passthrough role's argument spec (meta/argument_specs.yml) as Ansible itself enforces it.
+
+Each case runs the role with ansible-playbook on localhost: wrong input must stop the role at its argument
+validation, before any task of the role runs, with a message that names the option. Good input must pass the
+validation (the same spec through ansible.builtin.validate_argument_spec, so no host is needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = Path(__file__).resolve().parents[3] / "roles" / "passthrough" / "meta" / "argument_specs.yml"
+
+
+def _playbook(tmp_path: Path, variables: dict, validate_only: bool) -> subprocess.CompletedProcess:
+    if validate_only:
+        tasks = [
+            {
+                "name": "Validate against the role's spec",
+                "ansible.builtin.validate_argument_spec": {
+                    "argument_spec": "{{ (lookup('ansible.builtin.file', spec) | from_yaml)[specs].main.options }}",
+                    "provided_arguments": variables,
+                },
+            }
+        ]
+        play = {
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {"spec": str(SPEC), "specs": "argument_specs"},
+            "tasks": tasks,
+        }
+    else:
+        play = {
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": variables,
+            "roles": [{"role": "hostdev.vfio.passthrough"}],
+        }
+    book = tmp_path / "play.yml"
+    book.write_text(json.dumps([play]))
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_RETRY_FILES_ENABLED="0")
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(SPEC.parents[6]))
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(book)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"passthrough_state": "gone"}, "passthrough_state must be one of: present, absent"),
+        ({"passthrough_devices": "01:00.0"}, "passthrough_devices"),
+        ({"passthrough_devices": [{"address": ["01:00.0"], "driver": "nouveau"}]}, "driver must be one of"),
+        ({"passthrough_devices": [{"adress": ["01:00.0"]}]}, "adress"),
+        ({"passthrough_boot_method": "vfio"}, "passthrough_boot_method must be one of: override, ids"),
+        ({"passthrough_reboot_timeout": "soon"}, "passthrough_reboot_timeout"),
+    ],
+    ids=[
+        "state",
+        "devices-not-list",
+        "driver",
+        "group",
+        "count",
+        "unknown-key",
+        "boot-method",
+        "iommu",
+        "timeout",
+        "bool",
+    ],
+)
+def test_wrong_input_stops_the_role_before_any_task(tmp_path, variables, expected):
+    proc = _playbook(tmp_path, variables, validate_only=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Validating arguments against arg spec" in out
+    assert expected in out, out
+    # Nothing of the role ran: validation is the first and only task reached.
+    assert "Gather IOMMU facts" not in out
+
+
+def test_good_input_passes_the_spec(tmp_path):
+    variables = {
+        "passthrough_devices": [
+            {"name": "GPU", "ids": ["10de:*"], "device_class": ["03"], "group": "stub", "count": 1},
+            {"address": ["0000:01:00.1@10de:10f0"], "driver": "pci-stub", "group": "ignore"},
+            {"query": "devices[?vendor_id=='8086']"},
+        ],
+        "passthrough_state": "present",
+        "passthrough_iommu": "auto",
+        "passthrough_iommu_pt": True,
+        "passthrough_boot_method": "ids",
+        "passthrough_softdep_drivers": ["nouveau", "snd_hda_intel"],
+        "passthrough_reboot_ok": True,
+        "passthrough_reboot_timeout": 600,
+        "passthrough_vfio_group_group": "kvm",
+    }
+    proc = _playbook(tmp_path, variables, validate_only=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok=1" in proc.stdout
