@@ -101,8 +101,10 @@ demo: collection
 	  -e passthrough_report_dir=$(CURDIR)/passthrough-report
 	@echo "report: $(CURDIR)/passthrough-report/"
 
-# The role in the lab (converge, idempotence, verify; then removal). Not yet part of `make test`: see docs/role.md.
+# The role in the lab: dry run, converge, idempotence, verify; then removal (docs/role.md). Also the last part of
+# `make test` (lab-test).
+MOLECULE_TEST = flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s default && \
+  flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s cleanup
 molecule: collection
 	$(BIN)/python tests/lab/lab.py up
-	flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s default
-	flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s cleanup
+	$(MOLECULE_TEST)

@@ -34,7 +34,9 @@ lab-wait: venv
 	@test -n "$(HOST)" || { echo "usage: make lab-wait HOST=intel|amd|noiommu" >&2; exit 2; }
 	$(LAB) wait $(HOST)
 
-# Pristine guests, every lab target, and the lab always goes down again (the exit code is the targets' one).
+# Pristine guests, every lab target, then the role's molecule scenarios (default, cleanup) over the whole fleet;
+# the lab always goes down again. TARGETS='a b' runs only those targets (no molecule).
 lab-test: collection
 	@trap '$(LAB) down' EXIT; \
-	  $(LAB) up --fresh && $(BIN)/python tests/lab/run-targets $(TARGETS)
+	  $(LAB) up --fresh && $(BIN)/python tests/lab/run-targets $(TARGETS) && \
+	  if [ -z "$(TARGETS)" ]; then $(MOLECULE_TEST); fi
