@@ -61,24 +61,32 @@ def _playbook(tmp_path: Path, variables: dict, validate_only: bool) -> subproces
 @pytest.mark.parametrize(
     ("variables", "expected"),
     [
-        ({"passthrough_state": "gone"}, "passthrough_state must be one of: present, absent"),
-        ({"passthrough_devices": "01:00.0"}, "passthrough_devices"),
-        ({"passthrough_devices": [{"address": ["01:00.0"], "driver": "nouveau"}]}, "driver must be one of"),
-        ({"passthrough_devices": [{"adress": ["01:00.0"]}]}, "adress"),
-        ({"passthrough_boot_method": "vfio"}, "passthrough_boot_method must be one of: override, ids"),
-        ({"passthrough_reboot_timeout": "soon"}, "passthrough_reboot_timeout"),
-    ],
-    ids=[
-        "state",
-        "devices-not-list",
-        "driver",
-        "group",
-        "count",
-        "unknown-key",
-        "boot-method",
-        "iommu",
-        "timeout",
-        "bool",
+        pytest.param({"passthrough_state": "gone"}, "passthrough_state must be one of: present, absent", id="state"),
+        pytest.param({"passthrough_devices": "01:00.0"}, "passthrough_devices", id="devices-not-list"),
+        pytest.param(
+            {"passthrough_devices": [{"address": ["01:00.0"], "driver": "nouveau"}]},
+            "driver must be one of: vfio-pci, pci-stub",
+            id="driver",
+        ),
+        pytest.param(
+            {"passthrough_devices": [{"address": ["01:00.0"], "group": "maybe"}]},
+            "group must be one of: stub, vfio, fail, ignore",
+            id="group",
+        ),
+        pytest.param(
+            {"passthrough_devices": [{"address": ["01:00.0"], "count": "two"}]},
+            "count",
+            id="count",
+        ),
+        pytest.param({"passthrough_devices": [{"adress": ["01:00.0"]}]}, "adress", id="unknown-key"),
+        pytest.param(
+            {"passthrough_boot_method": "vfio"},
+            "passthrough_boot_method must be one of: override, ids",
+            id="boot-method",
+        ),
+        pytest.param({"passthrough_iommu": "on"}, "passthrough_iommu must be one of: auto, keep, off", id="iommu"),
+        pytest.param({"passthrough_reboot_timeout": "soon"}, "passthrough_reboot_timeout", id="timeout"),
+        pytest.param({"passthrough_reboot_ok": "perhaps"}, "passthrough_reboot_ok", id="bool"),
     ],
 )
 def test_wrong_input_stops_the_role_before_any_task(tmp_path, variables, expected):
