@@ -35,8 +35,8 @@ lab-wait: venv
 	$(LAB) wait $(HOST)
 
 # Pristine guests, every lab target, then the role's molecule scenarios (default, cleanup) over the whole fleet;
-# the lab always goes down again. TARGETS='a b' runs only those targets (no molecule).
+# the lab always goes down again (so the cleanup scenario skips its final reset). TARGETS='a b' runs only those targets (no molecule).
 lab-test: collection
 	@trap '$(LAB) down' EXIT; \
 	  $(LAB) up --fresh && $(BIN)/python tests/lab/run-targets $(TARGETS) && \
-	  if [ -z "$(TARGETS)" ]; then $(MOLECULE_TEST); fi
+	  if [ -z "$(TARGETS)" ]; then export HOSTDEV_LAB_GOING_DOWN=1 && $(MOLECULE_TEST); fi
