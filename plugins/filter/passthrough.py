@@ -296,11 +296,12 @@ def passthrough_boot_ids(facts: dict, resolved: list, softdep_drivers=None) -> d
     """``options vfio-pci ids=`` / ``options pci-stub ids=`` values and softdeps for the ``ids`` boot method.
 
     The ids cover the selected functions and the group companions their policy parks, so the groups are viable
-    from the first boot on. Softdeps go on the host drivers these functions use now (vfio-pci and pci-stub
-    themselves excluded), unless ``softdep_drivers`` names them. ``conflicts`` lists why the ids cannot be used
-    on this host: an id option applies to every function with that vendor:device, so another function with the
-    same ids (a second identical card the host keeps, or the management NIC) would be taken from its driver at
-    the next boot, and an id wanted by both drivers goes to whichever loads first.
+    from the first boot on. Softdeps go on the modules of the host drivers these functions use now (vfio-pci and
+    pci-stub themselves excluded) and on every module whose device table matches them (see ``_host_modules``),
+    unless ``softdep_drivers`` names them. ``conflicts`` lists why the ids cannot be used on this host: an id
+    option applies to every function with that vendor:device, so another function with the same ids (a second
+    identical card the host keeps, or the management NIC) would be taken from its driver at the next boot, and
+    an id wanted by both drivers goes to whichever loads first.
     """
     facts = facts or {}
     by_address = _devices_by_address(facts)
@@ -313,9 +314,9 @@ def passthrough_boot_ids(facts: dict, resolved: list, softdep_drivers=None) -> d
         target = vfio_ids if targets[address] == "vfio-pci" else stub_ids
         if ids not in target:
             target.append(ids)
-        drv = dev.get("driver")
-        if drv and not is_vfio_driver(drv) and drv != _STUB and drv not in drivers:
-            drivers.append(drv)
+        for module in _host_modules(dev):
+            if module not in drivers:
+                drivers.append(module)
     for ids in sorted(set(vfio_ids) & set(stub_ids)):
         wanted = ", ".join(f"{a} on {targets[a]}" for a in sorted(targets) if _ids_of(known[a]) == ids)
         conflicts.append(
@@ -338,6 +339,24 @@ def passthrough_boot_ids(facts: dict, resolved: list, softdep_drivers=None) -> d
         "softdeps": [{"name": d, "pre": pre} for d in sorted(drivers)] if pre else [],
         "conflicts": conflicts,
     }
+
+
+def _host_modules(dev: dict) -> list[str]:
+    """The host modules that would take a function at boot, for the softdeps of the ``ids`` method.
+
+    The module of the driver it is on now (xhci_pci for the driver xhci_hcd; the driver name when built in or
+    not reported), plus every module whose device table matches its modalias (``host_modules`` of
+    iommu_facts). A function already on vfio-pci or pci-stub thus still names its host drivers, and a second
+    run derives the same softdeps as the first.
+    """
+    out = []
+    drv = dev.get("driver")
+    if drv and not is_vfio_driver(drv) and drv != _STUB:
+        out.append(dev.get("driver_module") or drv)
+    for module in dev.get("host_modules") or []:
+        if not is_vfio_driver(module) and module.replace("-", "_") != "pci_stub" and module not in out:
+            out.append(module)
+    return out
 
 
 def _ids_of(dev) -> str | None:

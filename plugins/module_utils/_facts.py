@@ -9,10 +9,12 @@ __metaclass__ = type
 import os
 
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import parse_cmdline
+from ansible_collections.hostdev.vfio.plugins.module_utils._modalias import ModuleAliases, running_modules_dir
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     PciDevice,
     Snapshot,
     assess_group,
+    driver_module,
     read_snapshot,
 )
 from ansible_collections.hostdev.vfio.plugins.module_utils._pciids import PciIds, find_pci_ids
@@ -99,7 +101,7 @@ def _firmware_iommu(sysfs_root: str) -> list[str]:
     return [t for t in ("DMAR", "IVRS") if os.path.exists(os.path.join(tables, t))]
 
 
-def device_facts(dev: PciDevice, names: PciIds) -> dict:
+def device_facts(dev: PciDevice, names: PciIds, aliases: ModuleAliases | None = None, sysfs_root: str = "/sys") -> dict:
     reasons = dev.vfio_blockers()
     sriov = None
     if dev.sriov_totalvfs is not None:
@@ -117,7 +119,10 @@ def device_facts(dev: PciDevice, names: PciIds) -> dict:
         "class_name": names.class_name(dev.class_code),
         "revision": dev.revision,
         "driver": dev.driver,
+        "driver_module": driver_module(sysfs_root, dev.driver),
         "driver_override": dev.driver_override,
+        "modalias": dev.modalias,
+        "host_modules": aliases.modules_for(dev.modalias) if aliases else [],
         "iommu_group": dev.iommu_group,
         "is_bridge": dev.is_bridge,
         "parent": dev.parent,
@@ -197,6 +202,7 @@ def gather(
     device_class: list[str] | None = None,
     names: bool = True,
     pci_ids_path: str | None = None,
+    modules_root: str = "/lib/modules",
 ) -> dict:
     """Everything ``iommu_facts`` returns as ``ansible_facts.iommu``.
 
@@ -210,6 +216,7 @@ def gather(
     cpu_vendor = _cpu_vendor(proc_root)
     vfio = _vfio_state(sysfs_root, dev_root)
     ids = PciIds(pci_ids_path if pci_ids_path is not None else (find_pci_ids() if names else None))
+    aliases = ModuleAliases(running_modules_dir(proc_root, modules_root))
 
     group_ids = list(snapshot.groups)
     addresses = list(snapshot.devices)
@@ -234,5 +241,5 @@ def gather(
         "vfio": vfio,
         "warnings": _warnings(enabled, snapshot.units, firmware, cmdline, vfio, cpu_vendor),
         "groups": [group_facts(snapshot, g) for g in group_ids],
-        "devices": [device_facts(snapshot.devices[a], ids) for a in addresses],
+        "devices": [device_facts(snapshot.devices[a], ids, aliases, sysfs_root) for a in addresses],
     }

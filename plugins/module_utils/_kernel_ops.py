@@ -17,6 +17,8 @@ __metaclass__ = type
 import os
 import time
 
+from ansible_collections.hostdev.vfio.plugins.module_utils._pci import driver_module
+
 
 class KernelError(Exception):
     """A kernel write or a module load failed; the message says which file or command and why."""
@@ -73,12 +75,7 @@ class SysfsKernel:
 
     def driver_module(self, driver: str) -> str | None:
         """The module that provides a registered driver (xhci_hcd -> xhci_pci), or None (built in / unknown)."""
-        try:
-            return os.path.basename(
-                os.readlink(os.path.join(self.sysfs_root, "bus", "pci", "drivers", driver, "module"))
-            )
-        except OSError:
-            return None
+        return driver_module(self.sysfs_root, driver)
 
     def vfio_group_file(self, group: int) -> bool:
         return os.path.exists(os.path.join(self.dev_root, "vfio", str(group)))

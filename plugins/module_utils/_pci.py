@@ -85,6 +85,7 @@ class PciDevice:
     virtfns: list[str]
     parent: str | None
     sysfs_path: str = field(repr=False, default="")
+    modalias: str | None = None  # pci:v...d...sv...sd...bc..sc..i.. (what modules.alias patterns match)
 
     @property
     def class_id(self) -> str:
@@ -310,7 +311,18 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
         virtfns=[vf for _index, vf in sorted(virtfns)],
         parent=_parent_address(real),
         sysfs_path=real,
+        modalias=uevent.get("MODALIAS") or attr("modalias"),
     )
+
+
+def driver_module(sysfs_root: str, driver: str | None) -> str | None:
+    """The module that provides a registered PCI driver (xhci_hcd -> xhci_pci), or None (built in / unknown)."""
+    if not driver:
+        return None
+    try:
+        return os.path.basename(os.readlink(os.path.join(sysfs_root, "bus", "pci", "drivers", driver, "module")))
+    except OSError:
+        return None
 
 
 def _unit_type(name: str) -> str:

@@ -41,6 +41,12 @@ options:
       - Where device nodes live. C(vfio/) below it is listed for open-able VFIO group files.
     type: path
     default: /dev
+  modules_root:
+    description:
+      - Where the kernel module trees live. C(modules.alias) (and C(modules.builtin.alias)) of the running kernel
+        (the release from C(sys/kernel/osrelease) below O(proc_root)) give each function's C(host_modules).
+    type: path
+    default: /lib/modules
   device_class:
     description:
       - Limit the output to the IOMMU groups that hold a function of one of these PCI classes. Each entry is a
@@ -214,13 +220,20 @@ ansible_facts:
               C(iommu_group) are null when there is none. C(sriov) is null unless the function is an SR-IOV
               physical function. C(vfio_capable) tells whether vfio-pci could take the function, and
               C(vfio_blockers) why not.
+            - C(driver_module) is the module that provides C(driver) (V(xhci_pci) for the driver V(xhci_hcd)), null
+              when the driver is built in or there is none.
+            - C(modalias) is the kernel's modalias of the function, and C(host_modules) the modules whose device
+              table matches it (what C(modprobe -R) and C(lspci -k) list), so a function already on vfio-pci still
+              names the host drivers that would take it at boot. Empty when the alias tables cannot be read.
           type: list
           elements: dict
           returned: always
           sample: [{"address": "0000:01:00.0", "vendor_id": "10de", "device_id": "1b80", "subsystem_vendor_id": "1458",
                     "subsystem_device_id": "3702", "vendor_name": "NVIDIA Corporation", "device_name": "GP104 [GeForce GTX 1080]",
                     "class_code": "030000", "class_id": "0300", "class_name": "VGA compatible controller", "revision": "a1",
-                    "driver": "nouveau", "driver_override": null, "iommu_group": 1, "is_bridge": false,
+                    "driver": "nouveau", "driver_module": "nouveau", "driver_override": null,
+                    "modalias": "pci:v000010DEd00001B80sv00001458sd00003702bc03sc00i00",
+                    "host_modules": ["nouveau"], "iommu_group": 1, "is_bridge": false,
                     "parent": "0000:00:01.0", "numa_node": null, "boot_vga": false, "reset_methods": ["bus"],
                     "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": []}]
 """
@@ -239,6 +252,7 @@ def main():
             "sysfs_root": {"type": "path", "default": "/sys"},
             "proc_root": {"type": "path", "default": "/proc"},
             "dev_root": {"type": "path", "default": "/dev"},
+            "modules_root": {"type": "path", "default": "/lib/modules"},
             "device_class": {"type": "list", "elements": "str"},
             "names": {"type": "bool", "default": True},
         },
@@ -254,6 +268,7 @@ def main():
         sysfs_root=module.params["sysfs_root"],
         proc_root=module.params["proc_root"],
         dev_root=module.params["dev_root"],
+        modules_root=module.params["modules_root"],
         device_class=module.params["device_class"],
         names=module.params["names"],
     )

@@ -313,8 +313,32 @@ def test_boot_ids_explicit_softdep_drivers_and_bound_devices():
         "softdeps": [{"name": "e1000e", "pre": ["vfio-pci"]}],
         "conflicts": [],
     }
-    # Already on vfio-pci and no explicit list: no host driver to derive a softdep from.
+    # Already on vfio-pci, no explicit list and no modalias match reported: no host module to derive from.
     assert passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["00:04.0"]}]))["softdeps"] == []
+
+
+def test_boot_ids_softdeps_from_modalias_match_the_first_run():
+    """A function already on vfio-pci names its host modules by modalias: the second run derives what the first
+    did, and the module of a driver (xhci_pci for xhci_hcd) is used, not the driver name."""
+    first = lab_facts()
+    first["devices"][1].update(driver_module="e1000e", host_modules=["e1000e"])
+    first["devices"].append(dev("0000:00:06.0", "1b36", "000d", "0c0330", "xhci_hcd", 5))
+    first["devices"][-1].update(driver_module="xhci_pci", host_modules=["xhci_pci"])
+    first["groups"].append({"id": 5, "devices": ["0000:00:06.0"], "viable": False, "blockers": []})
+    selectors = [{"address": ["00:04.0", "00:06.0"]}]
+    second = copy.deepcopy(first)
+    for d in second["devices"][1], second["devices"][-1]:
+        d.update(driver="vfio-pci", driver_module="vfio_pci")
+    want = [{"name": "e1000e", "pre": ["vfio-pci"]}, {"name": "xhci_pci", "pre": ["vfio-pci"]}]
+    assert passthrough_boot_ids(first, passthrough_resolve(first, selectors))["softdeps"] == want
+    assert passthrough_boot_ids(second, passthrough_resolve(second, selectors))["softdeps"] == want
+
+
+def test_boot_ids_softdeps_on_every_matching_host_module():
+    facts = lab_facts()
+    facts["devices"][1].update(driver=None, host_modules=["e1000e", "igb_uio_like", "vfio_pci", "pci_stub"])
+    out = passthrough_boot_ids(facts, passthrough_resolve(facts, [{"address": ["00:04.0"]}]))
+    assert [s["name"] for s in out["softdeps"]] == ["e1000e", "igb_uio_like"]
 
 
 def test_restore_addresses_include_companions_on_stub():

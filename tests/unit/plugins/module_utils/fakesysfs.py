@@ -101,7 +101,8 @@ class FakeHost:
             "driver_override": override if override is not None else "(null)",
             "uevent": f"PCI_CLASS={cls.upper().lstrip('0') or '0'}\nPCI_ID={vendor.upper()}:{device.upper()}\n"
             f"PCI_SUBSYS_ID={svendor.upper()}:{sdevice.upper()}\nPCI_SLOT_NAME={address}\n"
-            f"MODALIAS=pci:v0000{vendor.upper()}d0000{device.upper()}",
+            f"MODALIAS=pci:v0000{vendor.upper()}d0000{device.upper()}sv0000{svendor.upper()}sd0000{sdevice.upper()}"
+            f"bc{cls[0:2].upper()}sc{cls[2:4].upper()}i{cls[4:6].upper()}",
         }
         if reset_method is not None:
             files["reset_method"] = reset_method
@@ -132,6 +133,24 @@ class FakeHost:
             (pf / f"virtfn{index}").symlink_to(os.path.relpath(path, pf))
             (pf / "sriov_numvfs").write_text(f"{index + 1}\n")
         return path
+
+    def set_driver_module(self, driver: str, module: str) -> None:
+        """The driver's ``module`` link, as a loadable module's driver has it (xhci_hcd -> module/xhci_pci)."""
+        ddir = self.sys / "bus/pci/drivers" / driver
+        ddir.mkdir(parents=True, exist_ok=True)
+        mdir = self.sys / "module" / module
+        mdir.mkdir(parents=True, exist_ok=True)
+        (ddir / "module").symlink_to(os.path.relpath(mdir, ddir))
+
+    def set_module_aliases(self, release: str, aliases: str, builtin: str = "") -> Path:
+        """``/proc/sys/kernel/osrelease`` and ``lib/modules/<release>/modules.alias`` (+ builtin) under the root."""
+        (self.proc / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
+        (self.proc / "sys" / "kernel" / "osrelease").write_text(release + "\n")
+        mdir = self.root / "lib" / "modules" / release
+        mdir.mkdir(parents=True, exist_ok=True)
+        (mdir / "modules.alias").write_text(aliases)
+        (mdir / "modules.builtin.alias").write_text(builtin)
+        return self.root / "lib" / "modules"
 
     def bind(self, address: str, driver: str | None) -> None:
         path = self.device_path(address)

@@ -73,7 +73,10 @@ def test_full_shape_gpu_host(tmp_path):
         "class_name": "VGA compatible controller",
         "revision": "a1",
         "driver": "nouveau",
+        "driver_module": None,
         "driver_override": None,
+        "modalias": "pci:v000010DEd00001B80sv00001458sd00003702bc03sc00i00",
+        "host_modules": [],
         "iommu_group": 2,
         "is_bridge": False,
         "parent": "0000:00:01.0",
@@ -211,3 +214,50 @@ def test_pci_ids_lookup_is_exact():
     assert ids.vendor_name("10de") is None
     assert ids.class_name("0c0330") == "USB controller"
     assert ids.class_name("ab1234") == "Unknown class"
+
+
+ALIASES = """# Aliases extracted from modules themselves.
+alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau
+alias pci:v000010DEd*sv*sd*bc03sc02i00* nouveau
+alias pci:v000010DEd*sv*sd*bc03sc00i00* nvidia
+alias pci:v000010DEd00000E0Fsv*sd*bc*sc*i* snd_hda_intel
+alias pci:v*d*sv*sd*bc0Csc03i30* xhci_pci
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
+alias pci:v00008086d0000293[CE]sv*sd*bc*sc*i* snd_hda_intel
+alias usb:v05ACp*d*dc*dsc*dp*ic*isc*ip*in* apple_mfi_fastcharge
+alias pci:v000014E4d00001639sv*sd*bc*sc*i* bnx2
+"""
+BUILTIN = "alias pci:v*d*sv*sd*bc01sc06i01* ahci\nalias pci:v00008086d000010D3sv*sd*bc*sc*i* notthisone\n"
+
+
+def test_host_modules_from_modalias_like_modprobe_resolve_alias(tmp_path):
+    host = gpu_host(tmp_path)
+    # gpu_host has xhci_hcd on 00:14.0 and ahci (built in here: no module link) on 00:17.0.
+    host.add_device("0000:00:19.0", "8086:10d3", "020000", driver="vfio-pci", group=41)
+    host.add_device("0000:00:1b.0", "8086:293e", "040300", group=42)
+    host.set_driver_module("xhci_hcd", "xhci_pci")
+    host.set_driver_module("vfio-pci", "vfio_pci")
+    modules_root = host.set_module_aliases("6.1.0-26-amd64", ALIASES, BUILTIN)
+    devs = by_address(facts_of(host, names=False, modules_root=str(modules_root)))
+    # Every loadable module whose pattern matches, sorted; vendor-wildcard and class patterns too.
+    assert devs["0000:01:00.0"]["host_modules"] == ["nouveau", "nvidia"]
+    assert devs["0000:00:14.0"]["host_modules"] == ["xhci_pci"]
+    assert devs["0000:00:14.0"]["driver_module"] == "xhci_pci" and devs["0000:00:14.0"]["driver"] == "xhci_hcd"
+    # On vfio-pci now, and still naming the host driver; a loadable match hides the builtin table.
+    assert devs["0000:00:19.0"]["host_modules"] == ["e1000e"] and devs["0000:00:19.0"]["driver_module"] == "vfio_pci"
+    assert devs["0000:00:1b.0"]["host_modules"] == ["snd_hda_intel"]  # [CE] bracket pattern, no driver
+    assert devs["0000:00:17.0"]["host_modules"] == ["ahci"]  # built in: only modules.builtin.alias matches
+    assert devs["0000:00:17.0"]["driver_module"] is None
+    assert devs["0000:00:00.0"]["host_modules"] == []
+
+
+def test_host_modules_empty_without_alias_tables(tmp_path):
+    host = gpu_host(tmp_path)
+    # No osrelease: the running kernel's tree is unknown.
+    assert all(d["host_modules"] == [] for d in facts_of(host, names=False, modules_root=str(tmp_path))["devices"])
+    # A release whose tree has no modules.alias.
+    host.set_module_aliases("6.1.0-26-amd64", ALIASES)
+    (tmp_path / "lib/modules/6.1.0-26-amd64/modules.alias").unlink()
+    (tmp_path / "lib/modules/6.1.0-26-amd64/modules.builtin.alias").unlink()
+    facts = facts_of(host, names=False, modules_root=str(tmp_path / "lib/modules"))
+    assert all(d["host_modules"] == [] for d in facts["devices"])
