@@ -25,6 +25,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
+from ansible_collections.hostdev.vfio.plugins.module_utils import _files
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import KernelError
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     BRIDGE_DRIVERS,
@@ -262,10 +263,7 @@ def update_rules(text: str, add: dict, remove: set) -> str:
 
 def read_text(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
+        return _files.read_text(path)
     except OSError as exc:
         raise BindError(f"cannot read {path}: {exc.strerror}") from exc
 

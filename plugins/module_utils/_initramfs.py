@@ -13,6 +13,8 @@ __metaclass__ = type
 import os
 import re
 
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import read_text, rooted
+
 MARKER = "# Managed by hostdev.vfio.initramfs: do not edit by hand."
 BACKENDS = ("initramfs-tools", "dracut", "mkinitcpio")
 # vfio_virqfd was merged into the vfio module in Linux 6.2.
@@ -27,18 +29,6 @@ class InitramfsError(Exception):
 def norm(name: str) -> str:
     """Module names: '-' and '_' are the same character to modprobe."""
     return name.replace("-", "_")
-
-
-def rooted(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
-def read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
 
 
 def kernel_tuple(version: str) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import read_text, rooted
 from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import installed_kernels
 
 MARKER = "# Managed by hostdev.vfio.kernel_cmdline: do not edit by hand."
@@ -273,18 +274,6 @@ def check_values(args: list[tuple[str, str | None]]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Small helpers shared by the backends
 # ---------------------------------------------------------------------------------------------------------------
-def rooted(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
-def read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
 def file_diff(path: str, before: str | None, after: str | None) -> dict:
     return {
         "before_header": path if before is not None else "/dev/null",
