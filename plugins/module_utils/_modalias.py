@@ -22,34 +22,56 @@ _WILDCARD = "*"
 _GLOB = re.compile(r"[*?\[]")
 
 
-def _vendor_key(text: str) -> str:
-    """The 8 hex digits of the vendor field (``pci:vXXXXXXXX...``), or ``*`` when the pattern globs there."""
-    key = text[5:13] if text.startswith("pci:v") else ""
-    return key if len(key) == 8 and not _GLOB.search(key) else _WILDCARD
+def _key(text: str) -> tuple[str, str]:
+    """The literal vendor and device fields (8 hex digits each) of a modalias or pattern; ``*`` where it globs."""
+    vendor = text[5:13] if text.startswith("pci:v") and text[13:14] == "d" else ""
+    if len(vendor) != 8 or _GLOB.search(vendor):
+        return _WILDCARD, _WILDCARD
+    device = text[14:22] if text[22:24] == "sv" else ""
+    return vendor, device if len(device) == 8 and not _GLOB.search(device) else _WILDCARD
 
 
 class _Table:
-    """The ``pci:`` patterns of one alias file, bucketed by vendor so a lookup tries a few hundred, not all."""
+    """The ``pci:`` patterns of one alias file, read per vendor on first use.
+
+    A distribution kernel has some nine thousand of them. A host has a dozen vendors, so each vendor's lines are
+    found with one regex scan of the text (a literal-prefix search, no Python loop over every line), bucketed by
+    literal device, and a lookup tries the few patterns that can match: the same ids, the vendor's class or
+    vendor-wide patterns, and the patterns whose vendor field globs (``pci:v*d*...bc0Csc03i30*``).
+    """
 
     def __init__(self, path: str | None):
-        self._buckets: dict[str, list[list]] = {}
         try:
             with open(path or "", encoding="utf-8", errors="replace") as f:
-                lines = [line for line in f if line.startswith("alias pci:")]
+                self._text = "\n" + f.read()
         except OSError:
-            lines = []
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 3:
-                # [pattern, module, compiled regex or None until first use]
-                self._buckets.setdefault(_vendor_key(parts[1]), []).append([parts[1], parts[2], None])
+            self._text = ""
+        self._vendors: dict[str, dict[str, list[list]]] = {}
+        self._globbed: list[list] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self._buckets)
+        return "\nalias pci:" in self._text
+
+    def _entries(self, regex: str) -> list[list]:
+        # [pattern, module, compiled regex or None until first use]
+        return [[pattern, module, None] for pattern, module in re.findall(regex, self._text)]
+
+    def _candidates(self, vendor: str, device: str) -> list[list]:
+        if self._globbed is None:
+            self._globbed = self._entries(r"\nalias (pci:v[0-9A-F]{0,7}[*?\[]\S*) (\S+)")
+        buckets = self._vendors.get(vendor)
+        if buckets is None:
+            buckets = self._vendors[vendor] = {}
+            for entry in self._entries(r"\nalias (pci:v" + re.escape(vendor) + r"\S*) (\S+)"):
+                buckets.setdefault(_key(entry[0])[1], []).append(entry)
+        return buckets.get(device, []) + buckets.get(_WILDCARD, []) + self._globbed
 
     def match(self, modalias: str) -> list[str]:
+        vendor, device = _key(modalias)
+        if vendor == _WILDCARD:
+            return []
         found = []
-        for entry in self._buckets.get(_vendor_key(modalias), []) + self._buckets.get(_WILDCARD, []):
+        for entry in self._candidates(vendor, device):
             if entry[2] is None:
                 entry[2] = re.compile(fnmatch.translate(entry[0]))
             if entry[2].match(modalias) and entry[1] not in found:
