@@ -101,7 +101,10 @@ def _firmware_iommu(sysfs_root: str) -> list[str]:
     return [t for t in ("DMAR", "IVRS") if os.path.exists(os.path.join(tables, t))]
 
 
-def device_facts(dev: PciDevice, names: PciIds, aliases: ModuleAliases | None = None, sysfs_root: str = "/sys") -> dict:
+def device_facts(
+    dev: PciDevice, names: PciIds, aliases: ModuleAliases | None = None, modules: dict | None = None
+) -> dict:
+    """One function as plain data; ``modules`` maps each bound driver to the module that provides it."""
     reasons = dev.vfio_blockers()
     sriov = None
     if dev.sriov_totalvfs is not None:
@@ -119,7 +122,7 @@ def device_facts(dev: PciDevice, names: PciIds, aliases: ModuleAliases | None = 
         "class_name": names.class_name(dev.class_code),
         "revision": dev.revision,
         "driver": dev.driver,
-        "driver_module": driver_module(sysfs_root, dev.driver),
+        "driver_module": (modules or {}).get(dev.driver),
         "driver_override": dev.driver_override,
         "modalias": dev.modalias,
         "host_modules": aliases.modules_for(dev.modalias) if aliases else [],
@@ -217,6 +220,7 @@ def gather(
     vfio = _vfio_state(sysfs_root, dev_root)
     ids = PciIds(pci_ids_path if pci_ids_path is not None else (find_pci_ids() if names else None))
     aliases = ModuleAliases(running_modules_dir(proc_root, modules_root))
+    modules = {d.driver: driver_module(sysfs_root, d.driver) for d in snapshot.devices.values() if d.driver}
 
     group_ids = list(snapshot.groups)
     addresses = list(snapshot.devices)
@@ -241,5 +245,5 @@ def gather(
         "vfio": vfio,
         "warnings": _warnings(enabled, snapshot.units, firmware, cmdline, vfio, cpu_vendor),
         "groups": [group_facts(snapshot, g) for g in group_ids],
-        "devices": [device_facts(snapshot.devices[a], ids, aliases, sysfs_root) for a in addresses],
+        "devices": [device_facts(snapshot.devices[a], ids, aliases, modules) for a in addresses],
     }

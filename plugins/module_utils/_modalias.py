@@ -86,6 +86,7 @@ class ModuleAliases:
         self.modules_dir = modules_dir
         self._loadable = _Table(os.path.join(modules_dir, "modules.alias") if modules_dir else None)
         self._builtin = _Table(os.path.join(modules_dir, "modules.builtin.alias") if modules_dir else None)
+        self._cache: dict[str, list[str]] = {}
 
     @property
     def available(self) -> bool:
@@ -95,7 +96,11 @@ class ModuleAliases:
         """The modules whose device table matches ``modalias``, as ``modprobe -R`` lists them."""
         if not modalias or not modalias.startswith("pci:"):
             return []
-        return self._loadable.match(modalias) or self._builtin.match(modalias)
+        # Identical functions (the VFs of one card, a row of the same NVMe drive) share a modalias.
+        found = self._cache.get(modalias)
+        if found is None:
+            found = self._cache[modalias] = self._loadable.match(modalias) or self._builtin.match(modalias)
+        return list(found)
 
 
 def running_modules_dir(proc_root: str = "/proc", modules_root: str = "/lib/modules") -> str | None:
