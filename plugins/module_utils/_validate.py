@@ -1,0 +1,170 @@
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one place where values from inventories, CMDBs and other hosts' facts are checked.
+
+Every value that reaches a configuration file or a command goes through one of these functions first, before any
+file is read for writing and before any command runs. Each rule is a full-string match (``re.fullmatch``: a
+``$``-anchored pattern also matches before a final newline, and that newline would start a new modprobe.d
+command), refuses every control character (C0, DEL, C1, and the Unicode line and paragraph separators) and has
+a length limit. A refusal is an :class:`InvalidValue` whose message names the field, shows the value with
+``repr`` (so an invisible character is visible) and says what is allowed.
+"""
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+import os
+import re
+
+# Longest value accepted where no tighter limit applies (a kernel command line is at most 2048-4096 bytes).
+MAX_TEXT = 4096
+_SHOWN = 80  # characters of a refused value shown in a message
+
+# C0 controls, DEL, C1 controls, and U+2028/U+2029 (line/paragraph separators some parsers treat as newlines).
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DRIVER_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PARAM_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Module parameter values: no whitespace (word separator), no '#', quotes or backslashes (kmod and the kernel's
+# parameter parser quote with them), nothing a shell treats specially.
+PARAM_VALUE_RE = re.compile(r"[A-Za-z0-9_.,:+/=@%^-]{0,1024}")
+PCI_ADDRESS_RE = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+PCI_IDS_RE = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::([0-9a-fA-F]{4}):([0-9a-fA-F]{4}))?")
+KERNEL_RELEASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
+# Kernel arguments: a parameter name (dots for module.param, '-' and '_' alike) and an optional value. The value's
+# characters must survive GRUB's and sh's double quoting unchanged: no whitespace, quotes, '$', '`', '\', and none
+# of sh's operators, so a value can never end a quoted string or start a command.
+KARG_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+KARG_VALUE_RE = re.compile(r"[A-Za-z0-9_.,:+/=@%^~!*-]{0,1024}")
+_KARG_VALUE_ALLOWED = "letters, digits and _ . , : + / = @ % ^ ~ ! * -"
+
+
+class InvalidValue(ValueError):
+    """A value that must not reach a file or a command; the message names the field and the value."""
+
+
+def shown(value) -> str:
+    """``repr`` of a value, shortened for a message (a 100k-character value is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(value) if isinstance(value, str) else '?'} chars)"
+
+
+def text(field: str, value, max_len: int = MAX_TEXT, allow_empty: bool = False) -> str:
+    """A string with no control character, no longer than ``max_len``."""
+    if not isinstance(value, str):
+        raise InvalidValue(f"{field}: expected a string, got {type(value).__name__} {shown(value)}")
+    if not value and not allow_empty:
+        raise InvalidValue(f"{field}: must not be empty")
+    if len(value) > max_len:
+        raise InvalidValue(f"{field}: {shown(value)} is longer than {max_len} characters")
+    bad = _CONTROL_RE.search(value)
+    if bad:
+        raise InvalidValue(
+            f"{field}: {shown(value)} contains the control character {bad.group()!r} at position {bad.start()}; "
+            "newlines and other control characters are never accepted"
+        )
+    return value
+
+
+def _pattern(field: str, value, pattern: re.Pattern, what: str, max_len: int = MAX_TEXT) -> str:
+    text(field, value, max_len=max_len)
+    if not pattern.fullmatch(value):
+        raise InvalidValue(f"{field}: {shown(value)} is not {what}")
+    return value
+
+
+def module_name(field: str, value) -> str:
+    """A kernel module name as modprobe.d takes it (``vfio-pci`` and ``vfio_pci`` are both accepted)."""
+    return _pattern(field, value, MODULE_NAME_RE, "a kernel module name (1-64 of A-Z a-z 0-9 _ -)", 64)
+
+
+def driver_name(field: str, value) -> str:
+    """A PCI driver name as /sys/bus/pci/drivers lists it (``vfio-pci``, ``pci-stub``, ``xhci_hcd``)."""
+    return _pattern(field, value, DRIVER_NAME_RE, "a driver name (1-64 of A-Z a-z 0-9 _ -)", 64)
+
+
+def param_key(field: str, value) -> str:
+    """A module parameter name (``ids``, ``disable_vga``)."""
+    return _pattern(field, value, PARAM_KEY_RE, "a module parameter name (1-64 of A-Z a-z 0-9 _ -)", 64)
+
+
+def param_value(field: str, value) -> str:
+    """A module parameter value: no whitespace, quotes, backslash, '#' or shell metacharacter."""
+    text(field, value, max_len=1024, allow_empty=True)
+    if not PARAM_VALUE_RE.fullmatch(value):
+        raise InvalidValue(
+            f"{field}: {shown(value)} is not a module parameter value this collection writes "
+            "(letters, digits and _ . , : + / = @ % ^ -; no spaces, quotes, backslashes or '#')"
+        )
+    return value
+
+
+def pci_address(field: str, value) -> str:
+    """A PCI function address; returned in the kernel's form ``dddd:bb:dd.f`` (lower case, domain added)."""
+    _pattern(field, value, PCI_ADDRESS_RE, "a PCI address (DDDD:BB:DD.F or BB:DD.F)", 12)
+    m = PCI_ADDRESS_RE.fullmatch(value)
+    return f"{(m.group(1) or '0000').lower()}:{m.group(2).lower()}:{m.group(3).lower()}.{m.group(4)}"
+
+
+def pci_ids(field: str, value) -> str:
+    """``vendor:device`` or ``vendor:device:subvendor:subdevice`` in hex; returned in lower case."""
+    return _pattern(field, value, PCI_IDS_RE, "a PCI id (VVVV:DDDD or VVVV:DDDD:SVVV:SDDD, hex)", 19).lower()
+
+
+def kernel_release(field: str, value) -> str:
+    """A kernel release as ``uname -r`` prints it (a directory name under /lib/modules, never a path)."""
+    return _pattern(field, value, KERNEL_RELEASE_RE, "a kernel release (for example 6.1.0-28-amd64)", 128)
+
+
+def kernel_arg(field: str, value) -> tuple:
+    """One kernel argument ``name`` or ``name=value``; returns ``(name, value or None)``.
+
+    The value may contain '=' (``root=UUID=...``); a refusal names the first character GRUB or sh would read
+    differently from what was asked.
+    """
+    text(field, value, max_len=MAX_TEXT)
+    name, sep, val = value.partition("=")
+    if not KARG_NAME_RE.fullmatch(name):
+        raise InvalidValue(
+            f"{field}: {shown(value)} has no valid parameter name before '=' (letters, digits, _ . -; "
+            "for example intel_iommu=on or vfio-pci.ids=10de:1b80)"
+        )
+    if sep and not KARG_VALUE_RE.fullmatch(val):
+        bad = next((ch for ch in val if not KARG_VALUE_RE.fullmatch(ch)), None)
+        why = f"the character {bad!r}" if bad is not None else "a value over 1024 characters"
+        raise InvalidValue(
+            f"{field}: {shown(value)} contains {why}, which GRUB's or sh's quoting would not carry unchanged; "
+            f"allowed in a value: {_KARG_VALUE_ALLOWED}"
+        )
+    return name, (val if sep else None)
+
+
+def rooted_path(field: str, root: str, path) -> str:
+    """``path`` (absolute on the managed system) below ``root``; refused when it would leave ``root``.
+
+    ``..`` components are resolved lexically and every symlink already on disk is followed, so neither a
+    ``../../etc/passwd`` value nor a link planted in the tree can carry a write outside ``root``.
+    """
+    text(field, path, max_len=1024)
+    text("root", root, max_len=1024)
+    if not path.startswith("/"):
+        raise InvalidValue(f"{field}: {shown(path)} must be an absolute path (it is taken below root {root!r})")
+    if any(part == ".." for part in path.split("/")):
+        raise InvalidValue(f"{field}: {shown(path)} contains '..'; paths must stay below root {root!r}")
+    real_root = os.path.realpath(root)
+    joined = os.path.join(real_root, path.lstrip("/"))
+    resolved = os.path.realpath(joined)
+    if resolved != real_root and not resolved.startswith(real_root.rstrip("/") + "/"):
+        raise InvalidValue(f"{field}: {shown(path)} resolves to {resolved!r}, outside root {root!r}")
+    return joined
+
+
+def each(field: str, values, check) -> list:
+    """``check`` applied to every element of a list, the element's index in the field name."""
+    if values is None:
+        return []
+    if not isinstance(values, (list, tuple)):
+        raise InvalidValue(f"{field}: expected a list, got {type(values).__name__} {shown(values)}")
+    return [check(f"{field}[{index}]", value) for index, value in enumerate(values)]
