@@ -48,7 +48,10 @@ class InvalidValue(ValueError):
 def shown(value) -> str:
     """``repr`` of a value, shortened for a message (a 100k-character value is not echoed whole)."""
     text = repr(value)
-    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(value) if isinstance(value, str) else '?'} chars)"
+    if len(text) <= _SHOWN:
+        return text
+    size = len(value) if isinstance(value, (str, bytes, list, tuple, dict)) else "?"
+    return f"{text[:_SHOWN]}... ({size} long)"
 
 
 def text(field: str, value, max_len: int = MAX_TEXT, allow_empty: bool = False) -> str:
