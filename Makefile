@@ -108,3 +108,15 @@ MOLECULE_TEST = flock /tmp/hostdev-lab.lock $(BIN)/molecule test -s default && \
 molecule: collection
 	$(BIN)/python tests/lab/lab.py up
 	$(MOLECULE_TEST)
+
+# The rollout check alone (extensions/molecule/default/rollout.yml) on a converged fleet. LAB_THROTTLE=25 runs it
+# with all guests capped at 25% of one CPU together (a slow machine), to show its result does not depend on speed.
+LAB_THROTTLE ?= 0
+.PHONY: rollout-check
+rollout-check: collection
+	$(BIN)/python tests/lab/lab.py up
+	flock /tmp/hostdev-lab.lock $(BIN)/molecule converge -s default
+	$(BIN)/python tests/lab/lab.py throttle $(LAB_THROTTLE)
+	@trap '$(BIN)/python tests/lab/lab.py throttle 0' EXIT; \
+	  $(LAB_CFG) MOLECULE_PROJECT_DIRECTORY=$(CURDIR) flock /tmp/hostdev-lab.lock $(BIN)/ansible-playbook \
+	  -i $(CURDIR)/tests/lab/.state/inventory.yml extensions/molecule/default/rollout.yml

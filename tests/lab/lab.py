@@ -2,14 +2,18 @@
 """hostdev.vfio QEMU lab: boot, reach and stop the guests declared in tests/lab/fleet.yml.
 
 Usage: lab.py up [--fresh] [HOST...] | down [HOST...] | status | ssh HOST [CMD...] | reset HOST...
-       | wait HOST... | console HOST [LINES]
-State (overlays, pid files, console logs, monitor sockets, inventory) lives in tests/lab/.state/.
-Environment: LAB_BOOT_TIMEOUT (s, default 300), LAB_DOWN_TIMEOUT (s, default 90), LAB_ACCEL (tcg|kvm, default auto).
+       | wait HOST... | console HOST [LINES] | hold HOST... | release HOST... | throttle PERCENT
+State (overlays, pid files, console logs, monitor and QMP sockets, inventory) lives in tests/lab/.state/.
+`hold` makes the guest's next reboot stop it instead (QEMU keeps it powered off and paused); `release` waits until
+the held guest has really gone down that way, then starts it again and waits for ssh. A test that needs a host
+that does not come back gets one on purpose, whatever the machine's speed.
+Environment: LAB_BOOT_TIMEOUT (s, default 900), LAB_DOWN_TIMEOUT (s, default 90), LAB_ACCEL (tcg|kvm, default auto).
 """
 
 import argparse
 import copy
 import functools
+import json
 import os
 import shutil
 import signal
@@ -38,7 +42,7 @@ HOST_TOOLS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
 }
-BOOT_TIMEOUT = int(os.environ.get("LAB_BOOT_TIMEOUT", "300"))
+BOOT_TIMEOUT = int(os.environ.get("LAB_BOOT_TIMEOUT", "900"))
 DOWN_TIMEOUT = int(os.environ.get("LAB_DOWN_TIMEOUT", "90"))
 CONSOLE_TAIL = 60
 
@@ -155,6 +159,7 @@ def qemu_argv(name, guest, defaults, accel):
     argv += device_args(guest, state)
     argv += ["-display", "none", "-serial", f"file:{state / 'console.log'}"]
     argv += ["-monitor", f"unix:{state / 'monitor.sock'},server,nowait"]
+    argv += ["-qmp", f"unix:{state / 'qmp.sock'},server=on,wait=off"]
     argv += ["-pidfile", str(state / "qemu.pid"), "-daemonize"]
     return argv
 
@@ -271,7 +276,7 @@ def start_guest(name, guest, fleet, image, accel):
     prepare_disks(name, image, fleet["defaults"])
     if not port_free(guest["ssh_port"]):
         raise LabError(f"{name}: 127.0.0.1:{guest['ssh_port']} is already in use by another process")
-    for stale in ("console.log", "qemu.pid", "monitor.sock"):
+    for stale in ("console.log", "qemu.pid", "monitor.sock", "qmp.sock", "held"):
         (gdir(name) / stale).unlink(missing_ok=True)
     argv = qemu_argv(name, guest, fleet["defaults"], accel)
     (gdir(name) / "qemu.cmdline").write_text(" ".join(argv) + "\n")
@@ -320,20 +325,51 @@ def install_helpers(guest):
             raise LabError(f"copying {helper} to port {guest['ssh_port']} failed: {proc.stderr.strip()}")
 
 
-def monitor(name, command):
-    """Send one HMP command to the guest's QEMU monitor; False when the monitor is unusable."""
-    sock_path = gdir(name) / "monitor.sock"
+class QmpError(LabError):
+    """QEMU answered a QMP command with an error, or its QMP socket is unusable."""
+
+
+def qmp(name, *commands):
+    """Run QMP commands ({"execute": ..., "arguments": ...}) on the guest's QEMU, in order; their return values.
+
+    Every command is answered before the next is sent (QEMU's asynchronous events in between are skipped), so
+    a caller never guesses how long QEMU needs. The socket timeout only bounds a QEMU that stopped answering.
+    """
+    sock_path = gdir(name) / "qmp.sock"
+    results = []
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
+            sock.settimeout(60)
             sock.connect(str(sock_path))
-            sock.recv(4096)
-            sock.sendall(command.encode() + b"\n")
-            time.sleep(0.5)
-    except OSError as exc:
-        log(f"{name}: monitor {sock_path} unusable ({exc}); will stop QEMU by its pid")
-        return False
-    return True
+            reader = sock.makefile("rb")
+            if "QMP" not in json.loads(reader.readline() or b"{}"):
+                raise QmpError(f"{name}: {sock_path} sent no QMP greeting")
+            for command in ({"execute": "qmp_capabilities"}, *commands):
+                sock.sendall(json.dumps(command).encode() + b"\n")
+                while True:
+                    line = reader.readline()
+                    if not line:
+                        raise QmpError(f"{name}: QEMU closed {sock_path} before answering {command['execute']}")
+                    answer = json.loads(line)
+                    if "error" in answer:
+                        raise QmpError(f"{name}: QMP {command['execute']}: {answer['error'].get('desc', answer)}")
+                    if "return" in answer:
+                        results.append(answer["return"])
+                        break
+    except (OSError, ValueError) as exc:
+        raise QmpError(f"{name}: QMP socket {sock_path} unusable ({exc})") from exc
+    return results[1:]
+
+
+def vm_status(name):
+    """QEMU's run state of the guest: running, paused, shutdown (held at a reboot), prelaunch, ..."""
+    return qmp(name, {"execute": "query-status"})[0]["status"]
+
+
+def set_reboot_action(name, held):
+    """held: a guest reboot powers the guest off and QEMU pauses it (the process and its ports stay)."""
+    actions = {"reboot": "shutdown", "shutdown": "pause"} if held else {"reboot": "reset", "shutdown": "poweroff"}
+    qmp(name, {"execute": "set-action", "arguments": actions})
 
 
 def wait_exit(name, timeout):
@@ -353,9 +389,21 @@ def stop_guest(name, graceful=True):
         return
     started = time.monotonic()
     graceful = graceful and not panicked(name)  # a panicked kernel ignores ACPI
-    command, timeout = ("system_powerdown", DOWN_TIMEOUT) if graceful else ("quit", 10)
-    if monitor(name, command) and wait_exit(name, timeout):
-        log(f"{name}: {'powered off' if graceful else 'stopped (quit)'} in {time.monotonic() - started:.0f} s")
+    command, timeout = "quit", 10
+    try:
+        # A held or paused guest cannot power itself off: quit it. Otherwise an ACPI power-off, with QEMU's
+        # default actions back (a held guest's power-off would only pause it).
+        if graceful and vm_status(name) == "running":
+            set_reboot_action(name, held=False)
+            command, timeout = "system_powerdown", DOWN_TIMEOUT
+        qmp(name, {"execute": command})
+        ok = wait_exit(name, timeout)
+    except QmpError as exc:
+        log(f"{exc}; will stop QEMU by its pid")
+        ok = False
+    if ok:
+        (gdir(name) / "held").unlink(missing_ok=True)
+        log(f"{name}: {'powered off' if command != 'quit' else 'stopped (quit)'} in {time.monotonic() - started:.0f} s")
         return
     for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         pid = read_pid(name)
@@ -367,6 +415,7 @@ def stop_guest(name, graceful=True):
             break
     if read_pid(name) is not None:
         raise LabError(f"{name}: QEMU pid {pid} does not stop")
+    (gdir(name) / "held").unlink(missing_ok=True)
     log(f"{name}: stopped")
 
 
@@ -530,6 +579,77 @@ def cmd_wait(fleet, names):
     wait_all(fleet, names, {})
 
 
+def cmd_hold(fleet, names):
+    """From now on a reboot of these guests stops them (QEMU pauses them powered off) until `release`."""
+    for name in names:
+        if read_pid(name) is None:
+            raise LabError(f"{name}: not running (lab.py up {name})")
+        set_reboot_action(name, held=True)
+        (gdir(name) / "held").write_text("reboot=shutdown shutdown=pause\n")
+        log(f"{name}: held - its next reboot stops it until `lab.py release {name}`")
+
+
+def wait_held_down(name, timeout=BOOT_TIMEOUT):
+    """Wait until a held guest has gone down at its reboot (QEMU run state `shutdown`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = vm_status(name)
+        if status == "shutdown":
+            return
+        if time.monotonic() >= deadline:
+            raise LabError(
+                f"{name}: held, but it has not rebooted within {timeout} s (QEMU state {status}); the test "
+                f"expected a reboot. Console:\n{console_tail(name)}"
+            )
+        time.sleep(1)
+
+
+def cmd_release(fleet, names):
+    """Start held guests again once they are down, restore QEMU's reboot action, wait for ssh."""
+    started = {}
+    for name in names:
+        if read_pid(name) is None or not (gdir(name) / "held").exists():
+            raise LabError(f"{name}: not held (lab.py hold {name} comes first)")
+        wait_held_down(name)
+        set_reboot_action(name, held=False)
+        qmp(name, {"execute": "system_reset"})
+        # The reset is carried out by QEMU's main loop after the command returns: `cont` only once it has.
+        while vm_status(name) == "shutdown":
+            time.sleep(0.2)
+        qmp(name, {"execute": "cont"})
+        (gdir(name) / "held").unlink()
+        started[name] = time.monotonic()
+        log(f"{name}: released - booting again")
+    wait_all(fleet, names, started)
+
+
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+def cmd_throttle(fleet, percent):
+    """Run every running guest's QEMU in one cgroup capped at PERCENT of one CPU (0: no cap), to prove that a
+    suite's results do not depend on the guests' speed."""
+    pids = [pid for pid in map(read_pid, fleet["guests"]) if pid]
+    if not pids:
+        raise LabError("no guest is running (lab.py up)")
+    if (CGROUP_V2 / "cgroup.controllers").exists() and "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text():
+        group = CGROUP_V2 / "hostdev-lab"
+        group.mkdir(exist_ok=True)
+        (group / "cpu.max").write_text(f"{percent * 1000} 100000\n" if percent else "max 100000\n")
+    elif (CGROUP_V1 / "tasks").exists():
+        group = CGROUP_V1 / "hostdev-lab"
+        group.mkdir(exist_ok=True)
+        (group / "cpu.cfs_period_us").write_text("100000\n")
+        (group / "cpu.cfs_quota_us").write_text(f"{percent * 1000}\n" if percent else "-1\n")
+    else:
+        raise LabError("no cgroup cpu controller found (neither cgroup v2 cpu.max nor v1 cpu.cfs_quota_us)")
+    for pid in pids:
+        (group / "cgroup.procs").write_text(f"{pid}\n")
+    cap = f"capped at {percent}% of one CPU" if percent else "no cap"
+    log(f"QEMU pids {' '.join(map(str, pids))}: {cap} ({group})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -543,6 +663,10 @@ def main(argv=None):
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("reset", help="back to the pristine image").add_argument("hosts", nargs="+")
     sub.add_parser("wait", help="wait for ssh (after a reboot)").add_argument("hosts", nargs="+")
+    sub.add_parser("hold", help="a reboot stops the guest until release").add_argument("hosts", nargs="+")
+    sub.add_parser("release", help="start held guests again once down").add_argument("hosts", nargs="+")
+    throttle = sub.add_parser("throttle", help="cap all guests together at PERCENT of one CPU (0: no cap)")
+    throttle.add_argument("percent", type=int)
     console = sub.add_parser("console", help="tail of a guest's console log")
     console.add_argument("host")
     console.add_argument("lines", nargs="?", type=int, default=CONSOLE_TAIL)
@@ -565,11 +689,16 @@ def dispatch(fleet, args):
             print(console_tail(name, args.lines))
             return 0
         cmd_ssh(fleet, name, args.command)
+    if args.cmd == "throttle":
+        cmd_throttle(fleet, args.percent)
+        return 0
     names = select(fleet, args.hosts)
     if args.cmd == "up":
         cmd_up(fleet, names, args.fresh)
     else:
-        {"down": cmd_down, "status": cmd_status, "reset": cmd_reset, "wait": cmd_wait}[args.cmd](fleet, names)
+        commands = {"down": cmd_down, "status": cmd_status, "reset": cmd_reset, "wait": cmd_wait}
+        commands.update(hold=cmd_hold, release=cmd_release)
+        commands[args.cmd](fleet, names)
     return 0
 
 
