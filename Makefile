@@ -109,12 +109,12 @@ molecule: collection
 	$(BIN)/python tests/lab/lab.py up
 	$(MOLECULE_TEST)
 
-# The rollout check alone (extensions/molecule/default/rollout.yml) on a converged fleet. LAB_THROTTLE=25 runs it
+# The rollout check alone (extensions/molecule/default/rollout.yml) on a freshly converged fleet. LAB_THROTTLE=25 runs it
 # with all guests capped at 25% of one CPU together (a slow machine), to show its result does not depend on speed.
 LAB_THROTTLE ?= 0
 .PHONY: rollout-check
 rollout-check: collection
-	$(BIN)/python tests/lab/lab.py up
+	$(BIN)/python tests/lab/lab.py up --fresh
 	flock /tmp/hostdev-lab.lock $(BIN)/molecule converge -s default
 	$(BIN)/python tests/lab/lab.py throttle $(LAB_THROTTLE)
 	@trap '$(BIN)/python tests/lab/lab.py throttle 0' EXIT; \
