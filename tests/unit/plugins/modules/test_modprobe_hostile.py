@@ -212,7 +212,7 @@ FILE_ROWS = [
     ("directory-symlink-out-of-root", None, _dir_symlink_out, "outside root"),
     ("binary-conf-full-of-nul", None, _nul_conf, "holds NUL bytes"),
     ("non-utf8-conf", None, _latin1_conf, "is not UTF-8 (byte 0xfc"),
-    ("self-looping-symlink-target", None, _loop_target, "hostdev-vfio.conf"),
+    ("self-looping-symlink-target", None, _loop_target, "is a symlink to hostdev-vfio.conf, not to a regular file"),
     ("directory-as-file", None, _dir_target, "is a directory"),
     ("parent-is-a-file", None, _parent_is_file, "a parent of this path is not a directory"),
     ("root-is-a-file", None, _root_is_file, "is not a directory"),
