@@ -33,6 +33,9 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_config
+
 MODPROBE_DIRS = (
     "/etc/modprobe.d",
     "/run/modprobe.d",
@@ -70,12 +73,10 @@ INITRAMFS_GENERATOR_BINARIES = {
     "dracut": ("usr/bin/dracut", "usr/sbin/dracut", "sbin/dracut"),
 }
 
-MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# Parameter values reach modprobe.d and, through modprobe, the kernel's parameter parser: no whitespace (word
-# separator), no '#', quotes or backslashes (kmod/kernel quoting), no newline (a new command, e.g. `install ...`
-# that runs as root), nothing a shell would treat specially.
-PARAM_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:+/=@%^-]*$")
+# The rules live in _validate (full-string matches: use .fullmatch); these names stay importable from here.
+MODULE_NAME_RE = _validate.MODULE_NAME_RE
+PARAM_NAME_RE = _validate.PARAM_KEY_RE
+PARAM_VALUE_RE = _validate.PARAM_VALUE_RE
 
 
 class ModprobeError(Exception):
@@ -328,15 +329,29 @@ def join_root(root, path):
 
 
 def read_text(fullpath):
-    """The file's text (bytes decoded losslessly), or None when it does not exist."""
+    """The text of a file that is only read (bytes decoded losslessly), or None when it does not exist.
+
+    The file this collection edits is read with :func:`read_target` instead, which refuses binary and non-UTF-8 data.
+    """
     try:
         with open(fullpath, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None
-    except IsADirectoryError as e:
-        raise ModprobeError(f"{fullpath} is a directory; give the path of a file") from e
+    except IsADirectoryError:
+        raise ModprobeError(f"{fullpath} is a directory; give the path of a file") from None
+    except OSError as e:
+        raise ModprobeError(f"{fullpath}: cannot read it: {e.strerror or e}") from None
     return data.decode("utf-8", "surrogateescape")
+
+
+def read_target(fullpath, what="modprobe.d file"):
+    """The text of the file to edit, or None when it does not exist; binary, non-UTF-8, directories, symlink loops
+    and parents that are files are refused with the path named."""
+    try:
+        return read_config(fullpath, what)
+    except FileProblem as e:
+        raise ModprobeError(str(e)) from None
 
 
 def list_config_files(root, dirs, suffixes=(".conf", ".alias"), virtual=None):
@@ -351,7 +366,10 @@ def list_config_files(root, dirs, suffixes=(".conf", ".alias"), virtual=None):
     seen_dirs = set()
     for d in dirs:
         full_dir = join_root(root, d)
-        names = set(os.listdir(full_dir)) if os.path.isdir(full_dir) else set()
+        try:
+            names = set(os.listdir(full_dir)) if os.path.isdir(full_dir) else set()
+        except OSError:  # unreadable directory: kmod skips it too
+            names = set()
         for vpath, exists in virtual.items():
             if os.path.dirname(vpath) == d:
                 (names.add if exists else names.discard)(os.path.basename(vpath))
@@ -382,6 +400,10 @@ class Effective:
 
     files: list
     hidden: dict = field(default_factory=dict)
+    unreadable: list = field(default_factory=list)  # [(path, reason)]: skipped, as kmod skips what it cannot read
+
+    def warnings(self):
+        return [f"{p} was skipped: {why}" for p, why in self.unreadable]
 
     def commands(self, kind):
         for path, cmds in self.files:
@@ -429,10 +451,16 @@ def effective_config(root="/", dirs=MODPROBE_DIRS, override=None, release=None):
             files.append((softdep_index, join_root(root, softdep_index)))
             files.sort(key=lambda pf: os.path.basename(pf[0]).encode("utf-8", "surrogateescape"))
     out = []
+    unreadable = []
     for path, full in files:
         planned = override is not None and path == override[0]
-        out.append((path, parse((override[1] if planned else read_text(full)) or "")))
-    return Effective(out, hidden)
+        try:
+            text = override[1] if planned else read_text(full)
+        except ModprobeError as e:  # a symlink loop or an unreadable file next to ours must not stop the scan
+            unreadable.append((path, str(e)))
+            continue
+        out.append((path, parse(text or "")))
+    return Effective(out, hidden, unreadable)
 
 
 def path_warnings(root, path, dirs=MODPROBE_DIRS, kind="kmod", suffixes=(".conf", ".alias")):
@@ -448,10 +476,31 @@ def path_warnings(root, path, dirs=MODPROBE_DIRS, kind="kmod", suffixes=(".conf"
 
 
 def check_path(path):
-    if not path or not os.path.isabs(path):
-        raise ModprobeError(f"path must be an absolute path, got {path!r}")
-    if "\n" in path or not path.endswith(".conf"):
-        raise ModprobeError(f"path {path!r} must end in '.conf': other files are not read at boot")
+    """``path`` is an absolute file name kmod or systemd reads, without '..' (symlinks are checked by _load)."""
+    _valid(_validate.text, "path", path, max_len=1024)
+    if not os.path.isabs(path):
+        raise ModprobeError(f"path must be an absolute path, got {_validate.shown(path)}")
+    if ".." in path.split("/"):
+        raise ModprobeError(f"path {_validate.shown(path)} contains '..'; give the path without it")
+    if not path.endswith(".conf"):
+        raise ModprobeError(f"path {_validate.shown(path)} must end in '.conf': other files are not read at boot")
+    return path
+
+
+def check_root(root):
+    """``root`` is an existing directory (``/`` or an image tree)."""
+    _valid(_validate.text, "root", root, max_len=1024)
+    if not os.path.isabs(root):
+        raise ModprobeError(f"root must be an absolute path, got {_validate.shown(root)}")
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.lexists(root) else "is not a directory"
+        raise ModprobeError(f"root {root!r} {what}: give the directory of the system to configure")
+    return root
+
+
+def check_release(release):
+    """A kernel release given by the user (None: the running kernel)."""
+    return None if release is None else _valid(_validate.kernel_release, "kernel_release", release)
 
 
 # ------------------------------------------------------------------------------------------- initramfs, kernel
@@ -479,7 +528,10 @@ def kernel_release(release=None):
 
 
 def _module_names_from_list(fullpath):
-    text = read_text(fullpath)
+    try:
+        text = read_text(fullpath)
+    except ModprobeError:  # a directory or a loop where the index should be: as good as no index
+        return None
     if text is None:
         return None
     names = set()
@@ -507,21 +559,20 @@ def loadable_modules(root="/", release=None):
 # ------------------------------------------------------------------------------------------- validation
 
 
-def check_module_name(name, what="module name"):
-    if not isinstance(name, str) or not MODULE_NAME_RE.match(name):
-        raise ModprobeError(
-            f"{what} {name!r} is not a kernel module name: use 1-64 letters, digits, '_' or '-' "
-            "(no spaces, newlines, '#', globs or shell characters)"
-        )
-    return name
+def _valid(check, *args, **kwargs):
+    """Run a _validate check; its refusal becomes a ModprobeError with the same message."""
+    try:
+        return check(*args, **kwargs)
+    except _validate.InvalidValue as e:
+        raise ModprobeError(str(e)) from None
+
+
+def check_module_name(name, what="name"):
+    return _valid(_validate.module_name, what, name)
 
 
 def check_module_list(names, what):
-    out = []
-    for n in names or []:
-        check_module_name(n, what=f"{what} entry")
-        out.append(n)
-    return out
+    return _valid(_validate.each, what, names, _validate.module_name)
 
 
 def option_value_text(value):
@@ -533,7 +584,11 @@ def option_value_text(value):
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, (list, tuple)):
+        if any(isinstance(v, (list, tuple, dict)) for v in value):
+            raise ModprobeError(f"a parameter value may be a list of plain values, not {_validate.shown(value)}")
         return ",".join(option_value_text(v) or "" for v in value)
+    if isinstance(value, dict):
+        raise ModprobeError(f"a parameter value cannot be a dict: {_validate.shown(value)}")
     return str(value)
 
 
@@ -541,21 +596,18 @@ def check_options(options):
     """[(key as given, value text or None)] from a dict, validated."""
     out = []
     seen = set()
-    for key, value in (options or {}).items():
-        if not isinstance(key, str) or not PARAM_NAME_RE.match(key):
-            raise ModprobeError(
-                f"parameter name {key!r} is invalid: use letters, digits, '_' or '-' (no spaces, '=', '#', newlines)"
-            )
+    if options is None:
+        return out
+    if not isinstance(options, dict):
+        raise ModprobeError(f"options: expected a dict, got {_validate.shown(options)}")
+    for key, value in options.items():
+        _valid(_validate.param_key, "options", key)
         if normalize_param(key) in seen:
             raise ModprobeError(f"parameter {key!r} is given twice ('-' and '_' are the same character)")
         seen.add(normalize_param(key))
         text = option_value_text(value)
-        if text is not None and not PARAM_VALUE_RE.match(text):
-            raise ModprobeError(
-                f"value {text!r} of parameter {key!r} contains a character modprobe.d would read as something else "
-                "(whitespace, newline, '#', quotes, backslash or a shell character); allowed are letters, digits "
-                "and . , : + / = @ % ^ _ -"
-            )
+        if text is not None:
+            _valid(_validate.param_value, f"options.{key}", text)
         out.append((key, text))
     return out
 
@@ -687,50 +739,57 @@ def _token(key, value):
     return key if value is None else f"{key}={value}"
 
 
+def _value_of(token):
+    return token.split("=", 1)[1].replace('"', "") if "=" in token else None
+
+
 def edit_options(cmds, name, options, state):
-    """Set (present) or remove (absent) parameters of ``name``; options = [(key, value text or None)]."""
+    """Set (present) or remove (absent) parameters of ``name``; options = [(key, value text or None)].
+
+    present: nothing changes when every occurrence of each parameter in the file already has the wanted value.
+    Otherwise every ``options`` line for the module in the file is merged into the first one - kmod hands the
+    module the parameters of all its lines joined in reading order, so the merged line reads the same - and each
+    wanted parameter appears once, at its first place, with the wanted value. Repeated lines are never each
+    rewritten to the same value.
+    """
     want = normalize(name)
     cmds = list(cmds)
     idx = [i for i, c in enumerate(cmds) if c.kind == "options" and normalize(c.words[1]) == want]
     wanted = {normalize_param(k): (k, v) for k, v in options}
-    if state == "absent" and not options:
-        return [c for i, c in enumerate(cmds) if i not in idx]
-    drop = []
-    found = set()
-    for i in idx:
-        c = cmds[i]
-        tokens = c.option_tokens()
-        new_tokens = []
-        for tok in tokens:
-            key = param_key(tok)
-            if state == "absent":
-                if key in wanted:
-                    continue
-                new_tokens.append(tok)
-            elif key in wanted:
-                found.add(key)
-                v = wanted[key][1]
-                current = tok.split("=", 1)[1].replace('"', "") if "=" in tok else None
-                new_tokens.append(tok if current == v else _token(tok.split("=", 1)[0], v))
+    if state == "absent":
+        if not options:
+            return [c for i, c in enumerate(cmds) if i not in idx]
+        drop = []
+        for i in idx:
+            tokens = cmds[i].option_tokens()
+            new_tokens = [tok for tok in tokens if param_key(tok) not in wanted]
+            if new_tokens == tokens:
+                continue
+            if not new_tokens:
+                drop.append(i)
             else:
-                new_tokens.append(tok)
-        if new_tokens == tokens:
-            continue
-        if not new_tokens:
-            drop.append(i)
-        else:
-            cmds = replace_command(cmds, i, options_text(c.words[1], new_tokens))
-    missing = [(k, v) for k, v in options if normalize_param(k) not in found]
-    if state == "present" and missing:
-        if idx:
-            i = idx[0]
-            c = cmds[i]
-            cmds = replace_command(
-                cmds, i, options_text(c.words[1], c.option_tokens() + [_token(k, v) for k, v in missing])
-            )
-        else:
-            cmds = append_command(cmds, options_text(name, [_token(k, v) for k, v in missing]))
-    return [c for i, c in enumerate(cmds) if i not in drop]
+                cmds = replace_command(cmds, i, options_text(cmds[i].words[1], new_tokens))
+        return [c for i, c in enumerate(cmds) if i not in drop]
+    occurrences = [tok for i in idx for tok in cmds[i].option_tokens() if param_key(tok) in wanted]
+    if {param_key(t) for t in occurrences} == set(wanted) and all(
+        _value_of(t) == wanted[param_key(t)][1] for t in occurrences
+    ):
+        return cmds
+    if not idx:
+        return append_command(cmds, options_text(name, [_token(k, v) for k, v in options]))
+    new_tokens = []
+    done = set()
+    for tok in (tok for i in idx for tok in cmds[i].option_tokens()):
+        key = param_key(tok)
+        if key not in wanted:
+            new_tokens.append(tok)
+        elif key not in done:
+            done.add(key)
+            value = wanted[key][1]
+            new_tokens.append(tok if _value_of(tok) == value else _token(tok.split("=", 1)[0], value))
+    new_tokens += [_token(k, v) for k, v in options if normalize_param(k) not in done]
+    cmds = replace_command(cmds, idx[0], options_text(cmds[idx[0]].words[1], new_tokens))
+    return [c for i, c in enumerate(cmds) if i not in idx[1:]]
 
 
 def edit_blacklist(cmds, name, state):
@@ -760,11 +819,13 @@ def resolve_target(root, path):
     return fullpath
 
 
-def _load(root, path):
+def _load(root, path, what="modprobe.d file"):
+    """Validate ``root`` and ``path``, then read the file to edit: (full path, text or None)."""
+    check_root(root)
     check_path(path)
-    fullpath = resolve_target(root, path)
-    before = read_text(fullpath)
-    return fullpath, before, parse(before or "")
+    fullpath = resolve_target(root, path)  # a mask (link to /dev/null) is named as such
+    _valid(_validate.rooted_path, "path", root, path)  # no symlink out of root
+    return fullpath, read_target(fullpath, what)
 
 
 def _finish(plan, root, generators):
@@ -814,6 +875,7 @@ def plan_softdep(
     check_module_name(name)
     pre = check_module_list(pre, "pre")
     post = check_module_list(post, "post")
+    release = check_release(release)
     if state == "present" and not pre and not post:
         raise ModprobeError(f"softdep for {name!r} needs at least one module in pre or post")
     both = {normalize(p) for p in pre} & {normalize(p) for p in post}
@@ -821,7 +883,8 @@ def plan_softdep(
         raise ModprobeError(f"{', '.join(sorted(both))} cannot be in both pre and post")
     if normalize(name) in {normalize(p) for p in pre + post}:
         raise ModprobeError(f"{name!r} cannot be a soft dependency of itself")
-    fullpath, before, cmds = _load(root, path)
+    fullpath, before = _load(root, path)
+    cmds = parse(before or "")
     new_cmds, idx, result = edit_softdep(cmds, name, pre, post, state, exclusive)
     after = render(new_cmds)
     plan = Plan(path, fullpath, before, after if (before is not None or after) else None)
@@ -833,6 +896,7 @@ def plan_softdep(
             "kmod uses only the first"
         )
     eff = effective_config(root, override=(path, after), release=kernel_release(release))
+    plan.warnings += eff.warnings()
     found = eff.softdeps(name)
     for p, c in found:
         if c.softdep_lists() != c.softdep_lists_as_written():
@@ -874,13 +938,15 @@ def plan_options(
     check_state(state)
     check_module_name(name)
     opts = check_options(options)
+    release = check_release(release)
     if state == "present" and not opts:
         raise ModprobeError(f"options for {name!r} needs at least one parameter in options")
-    fullpath, before, cmds = _load(root, path)
-    after = render(edit_options(cmds, name, opts, state))
+    fullpath, before = _load(root, path)
+    after = render(edit_options(parse(before or ""), name, opts, state))
     plan = Plan(path, fullpath, before, after if (before is not None or after) else None)
     plan.warnings += path_warnings(root, path)
     eff = effective_config(root, override=(path, after), release=kernel_release(release))
+    plan.warnings += eff.warnings()
     values = eff.option_values(name)
     plan.info["effective"] = values
     if state == "present":
@@ -905,11 +971,13 @@ def plan_options(
 def plan_blacklist(name, state="present", path=DEFAULT_MODPROBE_PATH, root="/", release=None, generators=None):
     check_state(state)
     check_module_name(name)
-    fullpath, before, cmds = _load(root, path)
-    after = render(edit_blacklist(cmds, name, state))
+    release = check_release(release)
+    fullpath, before = _load(root, path)
+    after = render(edit_blacklist(parse(before or ""), name, state))
     plan = Plan(path, fullpath, before, after if (before is not None or after) else None)
     plan.warnings += path_warnings(root, path)
     eff = effective_config(root, override=(path, after), release=kernel_release(release))
+    plan.warnings += eff.warnings()
     found = eff.blacklists(name)
     plan.info["effective"] = [{"path": p, "line": c.lineno} for p, c in found]
     if state == "absent" and found:
@@ -942,9 +1010,7 @@ def plan_modules_load(names, state="present", path=DEFAULT_MODULES_LOAD_PATH, ro
     names = check_module_list(names, "name")
     if not names:
         raise ModprobeError("name needs at least one module")
-    check_path(path)
-    fullpath = resolve_target(root, path)
-    before = read_text(fullpath)
+    fullpath, before = _load(root, path, what="modules-load.d file")
     lines = parse_modules_load(before or "")
     have = {normalize(ln.module) for ln in lines if ln.module}
     want = {normalize(n) for n in names}
@@ -964,7 +1030,11 @@ def plan_modules_load(names, state="present", path=DEFAULT_MODULES_LOAD_PATH, ro
     files, _hidden = list_config_files(root, MODULES_LOAD_DIRS, suffixes=(".conf",), virtual={path: bool(after)})
     loaded = []
     for p, full in files:
-        text = after if p == path else read_text(full) or ""
+        try:
+            text = after if p == path else read_text(full) or ""
+        except ModprobeError as e:  # a symlink loop or an unreadable file next to ours: skipped, as systemd does
+            plan.warnings.append(f"{p} was skipped: {e}")
+            continue
         loaded += [{"name": ln.module, "path": p} for ln in parse_modules_load(text) if ln.module]
     plan.info["effective"] = loaded
     if state == "absent":
@@ -1004,7 +1074,11 @@ def apply_plan(module, plan, backup=False):
             os.chmod(tmp, 0o644)
             if os.geteuid() == 0:
                 os.chown(tmp, 0, 0)
-        module.atomic_move(tmp, plan.fullpath, unsafe_writes=module.params.get("unsafe_writes", False))
+        try:
+            module.atomic_move(tmp, plan.fullpath, unsafe_writes=module.params.get("unsafe_writes", False))
+        except Exception as e:  # ansible-core 2.19 raises a plain Exception when the rename fails (read-only, ...)
+            cause = f": {e.__cause__}" if e.__cause__ is not None else ""
+            raise ModprobeError(f"{e}{cause}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -1031,7 +1105,7 @@ def exit_with_plan(module, plan, **extra):
         try:
             backup_file = apply_plan(module, plan, backup=module.params.get("backup", False))
         except (ModprobeError, OSError) as e:
-            module.fail_json(msg=f"could not write {plan.fullpath}: {e}", **result)
+            module.fail_json(msg=f"could not write {plan.fullpath}: {e}", **{**result, "changed": False})
         if backup_file:
             result["backup_file"] = backup_file
     module.exit_json(**result)

@@ -16,6 +16,13 @@ description:
     other byte of the file (comments, blank lines, backslash continuations, other parameters and commands).
   - A parameter that is already on an C(options) line for the module in the file is changed in place; new ones are
     added to the first such line, or to a new line.
+  - When the file holds several C(options) lines for the module and a parameter must change, they are merged into the
+    first one (kmod joins them in reading order, so the merged line reads the same) and each changed parameter is
+    written once; repeated lines are never each rewritten to the same value. Nothing changes when every occurrence
+    already has the wanted value.
+  - Every module name, parameter name and value is validated before any file is read (no newline or other control
+    character, no whitespace, quotes, C(#) or shell characters; length limits), so no value can start a new
+    modprobe.d command.
   - Module names compare with V(-) and V(_) as the same character, and so do parameter names.
   - kmod passes the C(options) lines of every configuration file to the module, in reading order, and the kernel
     keeps the last value of a repeated parameter. The module returns the resulting values and warns when another
@@ -46,26 +53,10 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  path:
-    description:
-      - The modprobe.d file to manage, below O(root). Must end in C(.conf).
-    type: path
-    default: /etc/modprobe.d/hostdev-vfio.conf
-  root:
-    description:
-      - Root directory of the system to configure, for offline images and tests.
-    type: path
-    default: /
-  kernel_release:
-    description:
-      - Kernel release whose C(lib/modules/RELEASE/modules.builtin) is checked (options of a built-in module do
-        nothing in modprobe.d). Defaults to the running kernel.
-    type: str
-  backup:
-    description:
-      - Create a backup file with a timestamp before changing the file.
-    type: bool
-    default: false
+extends_documentation_fragment:
+  - hostdev.vfio.files
+  - hostdev.vfio.files.modprobe_path
+  - hostdev.vfio.files.kernel_release
 attributes:
   check_mode:
     support: full
@@ -125,6 +116,7 @@ backup_file:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import file_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._modprobe import (
     DEFAULT_MODPROBE_PATH,
     ModprobeError,
@@ -139,10 +131,7 @@ def main():
             "name": {"type": "str", "required": True},
             "options": {"type": "dict", "default": {}},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "path": {"type": "path", "default": DEFAULT_MODPROBE_PATH},
-            "root": {"type": "path", "default": "/"},
-            "kernel_release": {"type": "str"},
-            "backup": {"type": "bool", "default": False},
+            **file_options(DEFAULT_MODPROBE_PATH, kernel_release=True),
         },
         supports_check_mode=True,
     )

@@ -60,27 +60,10 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  path:
-    description:
-      - The modprobe.d file to manage, below O(root). Must end in C(.conf).
-    type: path
-    default: /etc/modprobe.d/hostdev-vfio.conf
-  root:
-    description:
-      - Root directory of the system to configure, for offline images and tests. All configuration paths and
-        C(lib/modules) are read below it.
-    type: path
-    default: /
-  kernel_release:
-    description:
-      - Kernel release whose C(lib/modules/RELEASE/modules.builtin) and C(modules.dep) are checked.
-      - Defaults to the running kernel.
-    type: str
-  backup:
-    description:
-      - Create a backup file with a timestamp before changing the file.
-    type: bool
-    default: false
+extends_documentation_fragment:
+  - hostdev.vfio.files
+  - hostdev.vfio.files.modprobe_path
+  - hostdev.vfio.files.kernel_release
 attributes:
   check_mode:
     support: full
@@ -169,6 +152,7 @@ backup_file:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import file_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._modprobe import (
     DEFAULT_MODPROBE_PATH,
     ModprobeError,
@@ -185,10 +169,7 @@ def main():
             "post": {"type": "list", "elements": "str", "default": []},
             "exclusive": {"type": "bool", "default": False},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "path": {"type": "path", "default": DEFAULT_MODPROBE_PATH},
-            "root": {"type": "path", "default": "/"},
-            "kernel_release": {"type": "str"},
-            "backup": {"type": "bool", "default": False},
+            **file_options(DEFAULT_MODPROBE_PATH, kernel_release=True),
         },
         supports_check_mode=True,
     )

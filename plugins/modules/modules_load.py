@@ -35,21 +35,9 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  path:
-    description:
-      - The modules-load.d file to manage, below O(root). Must end in C(.conf).
-    type: path
-    default: /etc/modules-load.d/hostdev-vfio.conf
-  root:
-    description:
-      - Root directory of the system to configure, for offline images and tests.
-    type: path
-    default: /
-  backup:
-    description:
-      - Create a backup file with a timestamp before changing the file.
-    type: bool
-    default: false
+extends_documentation_fragment:
+  - hostdev.vfio.files
+  - hostdev.vfio.files.modules_load_path
 attributes:
   check_mode:
     support: full
@@ -105,6 +93,7 @@ backup_file:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import file_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._modprobe import (
     DEFAULT_MODULES_LOAD_PATH,
     ModprobeError,
@@ -118,9 +107,7 @@ def main():
         argument_spec={
             "name": {"type": "list", "elements": "str", "required": True},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "path": {"type": "path", "default": DEFAULT_MODULES_LOAD_PATH},
-            "root": {"type": "path", "default": "/"},
-            "backup": {"type": "bool", "default": False},
+            **file_options(DEFAULT_MODULES_LOAD_PATH),
         },
         supports_check_mode=True,
     )

@@ -168,10 +168,29 @@ def opts(text, name, options, state):
     return mp.render(mp.edit_options(mp.parse(text), name, mp.check_options(options), state))
 
 
-def test_options_change_in_place_and_add_to_the_first_line():
+def test_options_change_merges_the_module_lines_into_the_first_one():
     text = 'options vfio_pci ids=1:2  "q=a b"\n# x\noptions vfio-pci disable_vga=0\n'
     after = opts(text, "vfio-pci", {"ids": "8086:293e", "disable-vga": True, "new": None}, "present")
-    assert after == 'options vfio_pci ids=8086:293e "q=a b" new\n# x\noptions vfio-pci disable_vga=1\n'
+    assert after == 'options vfio_pci ids=8086:293e "q=a b" disable_vga=1 new\n# x\n'
+
+
+def test_options_single_line_changes_in_place():
+    text = "# x\noptions vfio-pci ids=1:2 disable_vga=0\noptions e1000e x=1\n"
+    after = opts(text, "vfio_pci", {"ids": "8086:293e"}, "present")
+    assert after == "# x\noptions vfio-pci ids=8086:293e disable_vga=0\noptions e1000e x=1\n"
+
+
+def test_options_seven_repeated_lines_become_one_not_seven_rewrites():
+    lines = [f"options vfio-pci ids=10de:{n:04x}\n" for n in range(7)]
+    text = "# GPU passthrough\n" + "".join(lines[:3]) + "blacklist nouveau\n" + "".join(lines[3:])
+    after = opts(text, "vfio-pci", {"ids": "10de:1b80,10de:10f0"}, "present")
+    assert after == "# GPU passthrough\noptions vfio-pci ids=10de:1b80,10de:10f0\nblacklist nouveau\n"
+    assert opts(after, "vfio-pci", {"ids": "10de:1b80,10de:10f0"}, "present") == after
+
+
+def test_options_repeated_lines_that_already_agree_are_left_alone():
+    text = "options vfio-pci ids=1:2\noptions vfio_pci disable_vga=1 ids=1:2\n"
+    assert opts(text, "vfio-pci", {"ids": "1:2", "disable_vga": 1}, "present") == text
 
 
 def test_options_present_is_idempotent_and_keeps_spacing():

@@ -34,15 +34,21 @@ def test_options_check_real_idempotent_absent(root):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"ids": "8086:293e\ninstall vfio-pci /bin/sh"}, {"ids": "1 2"}, {"ids": "#"}, {"ids": "$(id)"}, {"bad key": 1}],
+    ("options", "needle"),
+    [
+        ({"ids": "8086:293e\ninstall vfio-pci /bin/sh"}, "options.ids: '8086:293e\\ninstall"),
+        ({"ids": "1 2"}, "options.ids: '1 2'"),
+        ({"ids": "#"}, "options.ids: '#'"),
+        ({"ids": "$(id)"}, "options.ids: '$(id)'"),
+        ({"bad key": 1}, "options: 'bad key'"),
+    ],
 )
-def test_options_bad_values_fail_without_touching_the_file(root, options):
+def test_options_bad_values_fail_without_touching_the_file(root, options, needle):
     conf = root / PATH.lstrip("/")
     conf.write_text("options vfio-pci ids=1:2\n")
     result, failed = run_module(modprobe_options.main, {"root": str(root), "name": "vfio-pci", "options": options})
     assert failed
-    assert "modprobe.d would read" in result["msg"] or "parameter name" in result["msg"]
+    assert result["msg"].startswith(needle)
     assert conf.read_text() == "options vfio-pci ids=1:2\n"
 
 

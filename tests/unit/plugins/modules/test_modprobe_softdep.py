@@ -89,10 +89,10 @@ def test_absent_removes_the_line_and_the_emptied_file(root):
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [
-        ({"pre": ["vfio-pci\ninstall snd_hda_intel /bin/sh -c id"]}, "pre entry"),
-        ({"name": "snd_hda_intel\ninstall x /bin/sh"}, "module name"),
+        ({"pre": ["vfio-pci\ninstall snd_hda_intel /bin/sh -c id"]}, "pre[0]: 'vfio-pci\\ninstall"),
+        ({"name": "snd_hda_intel\ninstall x /bin/sh"}, "name: 'snd_hda_intel\\ninstall"),
         ({"pre": [], "post": []}, "needs at least one module"),
-        ({"pre": [""]}, "pre entry ''"),
+        ({"pre": [""]}, "pre[0]: must not be empty"),
         ({"state": "enabled"}, "state"),
         ({"path": "/etc/modprobe.d/vfio"}, "must end in '.conf'"),
     ],

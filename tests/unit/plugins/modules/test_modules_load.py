@@ -27,5 +27,21 @@ def test_modules_load_cycle(tmp_path):
 
 def test_modules_load_rejects_bad_names(tmp_path):
     result, failed = run_module(modules_load.main, {"root": str(tmp_path), "name": ["vfio\nsh -c id"]})
-    assert failed and "not a kernel module name" in result["msg"]
+    assert failed and result["msg"].startswith("name[0]: 'vfio\\nsh -c id' contains the control character")
     assert not (tmp_path / "etc").exists()
+
+
+def test_modules_load_never_writes_a_duplicate_line(tmp_path):
+    conf = tmp_path / "etc" / "modules-load.d" / "hostdev-vfio.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# mine\n  vfio-pci\t\r\n; other\n")
+    a = {"root": str(tmp_path), "name": ["vfio_pci", "vfio-pci", "vfio", "vfio"]}
+    result, failed = run_module(modules_load.main, a)
+    assert not failed and result["changed"]
+    assert conf.read_bytes() == b"# mine\n  vfio-pci\t\r\n; other\nvfio\n"
+    result, failed = run_module(modules_load.main, a)
+    assert not failed and not result["changed"]
+    for hostile in (["vfio-pci\n"], ["vfio\nvfio-pci"], [" vfio"]):
+        result, failed = run_module(modules_load.main, {**a, "name": hostile})
+        assert failed and repr(hostile[0]) in result["msg"]
+    assert conf.read_bytes() == b"# mine\n  vfio-pci\t\r\n; other\nvfio\n"
