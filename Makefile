@@ -63,7 +63,16 @@ sanity: collection $(SANITY_VENV)/.stamp
 	  [ -e $$f ] || install -D -m 0644 tests/utils/get_pip_offline.py $$f; done
 	cd $(COLL) && $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --requirements --color no
 
-units: collection
+# Host tools the unit tests run as oracles (kmod's modprobe and depmod, gcc for a test kernel module).
+UNIT_TOOLS := modprobe:kmod depmod:kmod gcc:gcc
+.PHONY: unit-tools
+unit-tools:
+	@need=""; for pair in $(UNIT_TOOLS); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null || need="$$need $${pair##*:}"; done; \
+	if [ -n "$$need" ]; then echo "installing$$need (unit-test oracles)"; apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need; fi
+
+units: collection unit-tools
 	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python -m pytest -q -n 2 tests/unit
 
 docs-lint: collection
