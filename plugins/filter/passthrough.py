@@ -13,6 +13,7 @@ __metaclass__ = type  # noqa: UP001 - the boilerplate ansible-test sanity expect
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     is_vfio_driver,
     normalize_address,
@@ -30,10 +31,8 @@ _IDS_RE = re.compile(
     r"(?::(?P<subvendor>[0-9a-fA-F]{4}):(?P<subdevice>[0-9a-fA-F]{4}))?$"
 )
 # An address selector may carry the ids it must have: "0000:01:00.0@10de:1b80" (hostdev.vfio.vfio_bind's syntax;
-# '=' is accepted too), so a re-enumerated bus never hands the wrong card to vfio-pci.
-_ADDRESS_ENTRY_RE = re.compile(
-    r"^\s*(?P<address>[0-9a-fA-F:.]+)\s*(?:[=@ ]\s*(?P<ids>[0-9a-fA-F]{4}:[0-9a-fA-F]{4}))?\s*$"
-)
+# '=' and a space are accepted too), so a re-enumerated bus never hands the wrong card to vfio-pci.
+_ADDRESS_SEPARATORS = "@= "
 _ALLOWED_DRIVERS = ("vfio-pci", "pci-stub")
 _GROUP_POLICIES = ("stub", "vfio", "fail", "ignore")
 _STUB = "pci-stub"
@@ -61,20 +60,22 @@ def _driver_name(driver) -> str:
 
 
 def parse_address_entry(entry: str) -> tuple[str, str | None]:
-    """``(address, expected "vvvv:dddd" or None)`` from ``"01:00.0"`` or ``"0000:01:00.0@10de:1b80"``."""
-    m = _ADDRESS_ENTRY_RE.match(str(entry))
-    if not m:
+    """``(address, expected "vvvv:dddd" or None)`` from ``"01:00.0"`` or ``"0000:01:00.0@10de:1b80"``.
+
+    The same rule as hostdev.vfio.vfio_bind's ``address`` (``_validate.pci_address_spec``): a newline or any other
+    control character is refused, not stripped.
+    """
+    try:
+        return v.pci_address_spec("address", entry if isinstance(entry, str) else str(entry), _ADDRESS_SEPARATORS)
+    except v.InvalidValue as exc:
         raise ValueError(
-            f"{entry!r} is not a PCI address selector (expected DDDD:BB:DD.F or BB:DD.F, optionally followed by "
-            "@VVVV:DDDD, e.g. 0000:01:00.0@10de:1b80)"
-        )
-    address = normalize_address(m.group("address"))
-    ids = m.group("ids").lower() if m.group("ids") else None
-    return address, ids
+            f"{exc} (a PCI address selector is DDDD:BB:DD.F or BB:DD.F, optionally followed by @VVVV:DDDD, e.g. "
+            "0000:01:00.0@10de:1b80)"
+        ) from None
 
 
 def _ids_match(device: dict, pattern: str) -> bool:
-    m = _IDS_RE.match(pattern)
+    m = _IDS_RE.fullmatch(pattern) if isinstance(pattern, str) else None
     if not m:
         raise ValueError(
             f"{pattern!r} is not a vendor:device id (expected VVVV:DDDD, VVVV:* or VVVV:DDDD:SVVV:SDDD, e.g. 10de:1b80)"
@@ -94,10 +95,13 @@ def _ids_match(device: dict, pattern: str) -> bool:
 def _query_addresses(facts: dict, query: str) -> list[str]:
     if not HAS_JMESPATH:
         raise AnsibleFilterError("the 'query' selector needs the jmespath Python library on the controller")
+    v.jmespath_query("query", query)
     try:
         result = jmespath.search(query, facts)
     except jmespath.exceptions.JMESPathError as exc:
-        raise ValueError(f"query {query!r} is not valid JMESPath: {exc}") from exc
+        raise ValueError(f"query {v.shown(query)} is not valid JMESPath: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"query {v.shown(query)} nests too deeply to evaluate") from None
     addresses = []
     for item in _as_list(result):
         if isinstance(item, dict) and "address" in item:
@@ -118,6 +122,81 @@ def selector_label(selector: dict, index: int) -> str:
             shown = ",".join(str(v) for v in _as_list(value))
             return f"selector {index + 1} ({key if key != 'name' else 'name'}: {shown})"
     return f"selector {index + 1}"
+
+
+# --------------------------------------------------------------------------------------------------- validation
+_SELECTOR_CHECKS = {
+    "name": v.label,
+    "address": lambda field, value: v.pci_address_spec(field, value, _ADDRESS_SEPARATORS),
+    "ids": v.pci_ids_pattern,
+    "device_class": v.pci_class_prefix,
+}
+
+
+def _collect(errors: list, check, *args) -> None:
+    try:
+        check(*args)
+    except v.InvalidValue as exc:
+        errors.append(str(exc))
+
+
+def _each(errors: list, field: str, values, check) -> None:
+    if values is None:
+        return
+    if not isinstance(values, (list, tuple)):
+        errors.append(f"{field}: expected a list, got {type(values).__name__} {v.shown(values)}")
+        return
+    for index, value in enumerate(values):
+        _collect(errors, check, f"{field}[{index}]", value)
+
+
+def passthrough_validate(
+    devices,
+    kernel_args=None,
+    softdep_drivers=None,
+    vfio_group_owner: str = "",
+    vfio_group_group: str = "",
+    vfio_group_mode: str = "0660",
+) -> list:
+    """Every problem with the role's values, checked with the rules hostdev.vfio's modules apply (``_validate``).
+
+    Returns human-readable messages naming the variable and showing the value; empty when all is well. The role's
+    preflight fails with them before any host is read.
+    """
+    errors = []
+    if not isinstance(devices, (list, tuple)):
+        return [f"passthrough_devices: expected a list of selectors, got {type(devices).__name__}"]
+    for index, selector in enumerate(devices):
+        base = f"passthrough_devices[{index}]"
+        if not isinstance(selector, dict):
+            errors.append(f"{base}: expected a selector (a dict), got {type(selector).__name__} {v.shown(selector)}")
+            continue
+        if selector.get("name") is not None:
+            _collect(errors, v.label, f"{base}.name", selector["name"])
+        for key in ("address", "ids", "device_class"):
+            _each(errors, f"{base}.{key}", selector.get(key), _SELECTOR_CHECKS[key])
+        if selector.get("query") is not None:
+            _collect(errors, v.jmespath_query, f"{base}.query", selector["query"])
+        driver = selector.get("driver")
+        if driver is not None:
+            try:
+                v.driver_name(f"{base}.driver", driver)
+                if driver not in _ALLOWED_DRIVERS:
+                    errors.append(f"{base}.driver: {v.shown(driver)} is not one of {', '.join(_ALLOWED_DRIVERS)}")
+            except v.InvalidValue as exc:
+                errors.append(str(exc))
+        group = selector.get("group")
+        if group is not None and group not in _GROUP_POLICIES:
+            errors.append(f"{base}.group: {v.shown(group)} is not one of {', '.join(_GROUP_POLICIES)}")
+        count = selector.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            errors.append(f"{base}.count: {v.shown(count)} is not a number of functions (0 or more)")
+    _each(errors, "passthrough_kernel_args", kernel_args, v.kernel_arg)
+    _each(errors, "passthrough_softdep_drivers", softdep_drivers, v.module_name)
+    _collect(errors, v.account_name, "passthrough_vfio_group_owner", vfio_group_owner)
+    _collect(errors, v.account_name, "passthrough_vfio_group_group", vfio_group_group)
+    _collect(errors, v.vfio_group_mode, "passthrough_vfio_group_mode", vfio_group_mode)
+    return errors
 
 
 # --------------------------------------------------------------------------------------------------- selection
@@ -543,6 +622,7 @@ class FilterModule:
 
     def filters(self):
         return {
+            "passthrough_validate": _wrap(passthrough_validate),
             "passthrough_resolve": _wrap(passthrough_resolve),
             "passthrough_errors": _wrap(passthrough_errors),
             "passthrough_kernel_args": _wrap(passthrough_kernel_args),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __metaclass__ = type
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _files
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import KernelError
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     BRIDGE_DRIVERS,
@@ -47,9 +49,6 @@ RULES_HEADER = (
     "# 80-drivers.rules loads the host driver. Remove a device with driver: host, not by hand.\n"
 )
 
-DRIVER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-IDS_RE = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::([0-9a-fA-F]{4}):([0-9a-fA-F]{4}))?$")
-CLASS_RE = re.compile(r"^(?:[0-9a-fA-F]{2}){1,3}$")
 _RULE_RE = re.compile(r'KERNEL=="(?P<address>[0-9a-f:.]+)".*ATTR\{driver_override\}="(?P<driver>[^"]*)"')
 
 
@@ -85,57 +84,57 @@ class Request:
         return self.driver in HOST_ALIASES
 
 
-def parse_address_spec(text: str) -> tuple:
-    """``0000:01:00.0`` or ``01:00.0``, optionally ``@vvvv:dddd`` -> (full address, 'vvvv:dddd' or None)."""
-    if not isinstance(text, str):
-        raise ValueError(f"address entries are strings like 0000:01:00.0 or 01:00.0@10de:1b80; got {text!r}")
-    addr_text, sep, ids = text.strip().partition("@")
-    address = normalize_address(addr_text)
-    if not sep:
-        return address, None
-    m = IDS_RE.match(ids.strip())
-    if not m or m.group(3):
-        raise ValueError(f"{text!r}: the part after '@' must be vendor:device in hex, e.g. 01:00.0@10de:1b80")
-    return address, f"{m.group(1).lower()}:{m.group(2).lower()}"
+def parse_address_spec(text: str, field: str = "address") -> tuple:
+    """``0000:01:00.0`` or ``01:00.0``, optionally ``@vvvv:dddd`` -> (full address, 'vvvv:dddd' or None).
+
+    Raises ``_validate.InvalidValue`` (a ValueError) for anything else, a newline or control character included.
+    """
+    return v.pci_address_spec(field, text)
+
+
+def _check(errors: list, check, *args) -> None:
+    try:
+        check(*args)
+    except v.InvalidValue as exc:
+        errors.append(str(exc))
 
 
 def validate(request: Request) -> list:
-    """Every problem with the request's values (empty when it is fine)."""
+    """Every problem with the request's values (empty when it is fine); nothing is read or written before."""
     errors = []
-    for spec in request.address:
+    for name, values, check in (
+        ("address", request.address, v.pci_address_spec),
+        ("ids", request.ids, v.pci_ids),
+        ("device_class", request.device_class, v.pci_class_prefix),
+        ("force", request.force, v.pci_address),
+    ):
+        if not isinstance(values, (list, tuple)):
+            errors.append(f"{name}: expected a list, got {type(values).__name__} {v.shown(values)}")
+            continue
+        for index, value in enumerate(values):
+            _check(errors, check, f"{name}[{index}]", value)
+    if request.query is not None:
+        _check(errors, v.jmespath_query, "query", request.query)
+    if not request.to_host:
         try:
-            parse_address_spec(spec)
-        except ValueError as exc:
-            errors.append(str(exc))
-    bad = [i for i in request.ids if not isinstance(i, str) or not IDS_RE.match(i)]
-    if bad:
-        errors.append(
-            "ids entries must be vendor:device or vendor:device:subvendor:subdevice in hex (e.g. 10de:1b80); got "
-            + ", ".join(repr(b) for b in bad)
-        )
-    bad = [c for c in request.device_class if not isinstance(c, str) or not CLASS_RE.match(c)]
-    if bad:
-        errors.append(
-            "device_class entries must be 2, 4 or 6 hex digits of a PCI class code (e.g. 03, 0300, 0c0330); got "
-            + ", ".join(repr(b) for b in bad)
-        )
-    if not request.to_host and not DRIVER_RE.match(request.driver or ""):
-        errors.append(
-            f"driver {request.driver!r} is not a driver name (letters, digits, '-' and '_'); use vfio-pci, pci-stub, "
-            "another driver's name, or host"
-        )
+            v.driver_name("driver", request.driver)
+        except v.InvalidValue as exc:
+            errors.append(f"{exc}; use vfio-pci, pci-stub, another driver's name, or host")
     if request.group not in GROUP_POLICIES:
-        errors.append(f"group must be one of {', '.join(GROUP_POLICIES)}; got {request.group!r}")
-    for spec in request.force:
-        try:
-            normalize_address(spec)
-        except ValueError as exc:
-            errors.append(f"force: {exc}")
+        errors.append(f"group must be one of {', '.join(GROUP_POLICIES)}; got {v.shown(request.group)}")
+    return errors
+
+
+def validate_paths(rules_file: str, state_dir: str) -> list:
+    """The persistence paths: absolute, no '..', no control character (they name files written as root)."""
+    errors = []
+    _check(errors, v.rooted_path, "rules_file", "/", rules_file)
+    _check(errors, v.rooted_path, "state_dir", "/", state_dir)
     return errors
 
 
 def _ids_match(dev, spec: str) -> bool:
-    m = IDS_RE.match(spec)
+    m = v.PCI_IDS_RE.fullmatch(spec)
     vendor, device, svendor, sdevice = (g.lower() if g else None for g in m.groups())
     if (dev.vendor_id, dev.device_id) != (vendor, device):
         return False
@@ -154,7 +153,9 @@ def run_query(query: str, facts: dict) -> list:
     try:
         result = jmespath.search(query, facts)
     except jmespath.exceptions.JMESPathError as exc:
-        raise BindError(f"query {query!r} is not valid JMESPath: {exc}") from exc
+        raise BindError(f"query {v.shown(query)} is not valid JMESPath: {exc}") from exc
+    except RecursionError:
+        raise BindError(f"query {v.shown(query)} nests too deeply to evaluate; write a flatter expression") from None
     if result is None:
         return []
     if isinstance(result, (str, dict)):
@@ -205,6 +206,12 @@ def select(snapshot: Snapshot, request: Request, facts=None) -> list:
                 errors.append(f"{address} (from query): no such PCI device")
             else:
                 chosen.add(address)
+    for address in ordered + sorted(chosen - set(ordered)):
+        if snapshot.devices[address].unreadable:
+            errors.append(
+                f"{address}: its sysfs attributes cannot be read ({snapshot.devices[address].unreadable}); "
+                "refusing to change a function whose identity is unknown"
+            )
     if errors:
         raise BindError("; ".join(errors))
     return ordered + sorted(chosen - set(ordered))
@@ -215,9 +222,15 @@ def select(snapshot: Snapshot, request: Request, facts=None) -> list:
 
 
 def render_rule(address: str, vendor_id: str, device_id: str, driver: str) -> str:
-    for value, what in ((address, "address"), (driver, "driver")):
-        if not re.match(r"^[A-Za-z0-9_.:-]+$", value):
-            raise BindError(f"refusing to write {what} {value!r} into a udev rule")
+    """One line of the rules file; every value is checked in full first (a newline would start a new rule)."""
+    try:
+        checked = v.pci_address("address", address)
+        v.driver_name("driver", driver)
+        ids = v.pci_ids("vendor:device", f"{vendor_id}:{device_id}")
+    except v.InvalidValue as exc:
+        raise BindError(f"refusing to write a udev rule: {exc}") from None
+    if checked != address or ids != f"{vendor_id}:{device_id}":
+        raise BindError(f"refusing to write a udev rule: {address!r} {vendor_id}:{device_id} is not in canonical form")
     return (
         f'ACTION=="add", SUBSYSTEM=="pci", KERNEL=="{address}", ATTR{{vendor}}=="0x{vendor_id}", '
         f'ATTR{{device}}=="0x{device_id}", ATTR{{driver_override}}="{driver}", RUN{{builtin}}+="kmod load {driver}"\n'
@@ -261,24 +274,41 @@ def update_rules(text: str, add: dict, remove: set) -> str:
     return result
 
 
-def read_text(path: str) -> str | None:
+def read_text(path: str, what: str = "configuration file") -> str | None:
+    """A file this module rewrites: refused (BindError naming the path) when binary, not UTF-8, a directory..."""
     try:
-        return _files.read_text(path)
-    except OSError as exc:
-        raise BindError(f"cannot read {path}: {exc.strerror}") from exc
+        return _files.read_config(path, what)
+    except _files.FileProblem as exc:
+        raise BindError(f"nothing changed: {exc}") from None
 
 
 def read_state(path: str) -> dict:
     """{address: {driver, module, ids}} recorded when devices were taken from their host driver."""
-    text = read_text(path)
+    text = read_text(path, "bind state file")
     if not text:
         return {}
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise BindError(f"{path} is not valid JSON ({exc}); fix or remove it") from exc
+    except (ValueError, RecursionError) as exc:
+        raise BindError(f"{path} is not valid JSON ({exc}); fix or remove it") from None
     devices = data.get("devices") if isinstance(data, dict) else None
-    return devices if isinstance(devices, dict) else {}
+    if not isinstance(devices, dict):
+        return {}
+    # The recorded values go back into driver_override and to modprobe: each is checked like a module argument.
+    try:
+        for address, record in devices.items():
+            if v.pci_address(f"{path}: device", address) != address:
+                raise v.InvalidValue(f"{path}: device {v.shown(address)} is not in the kernel's form")
+            if not isinstance(record, dict):
+                raise v.InvalidValue(f"{path}: the record of {address} is {v.shown(record)}, not an object")
+            v.driver_name(f"{path}: {address} driver", record.get("driver"))
+            if record.get("module") is not None:
+                v.module_name(f"{path}: {address} module", record["module"])
+            if record.get("ids") is not None:
+                v.pci_ids(f"{path}: {address} ids", record["ids"])
+    except v.InvalidValue as exc:
+        raise BindError(f"nothing changed: {exc}; fix or remove the file") from None
+    return devices
 
 
 def render_state(devices: dict) -> str:
@@ -290,21 +320,59 @@ class FileWriter:
 
     def __init__(self, atomic_move=None):
         self.atomic_move = atomic_move
+        self.created = []  # directories made by stage(), removed again by cleanup() when the run fails
 
-    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+    def _makedirs(self, directory: str) -> None:
+        missing = []
+        while directory and not os.path.lexists(directory):
+            missing.append(directory)
+            directory = os.path.dirname(directory)
+        for path in reversed(missing):
+            os.mkdir(path, 0o755)
+            self.created.append(path)
+
+    def cleanup(self) -> None:
+        """Remove the directories stage() created, newest first, if they are still empty."""
+        while self.created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.created.pop())
+
+    def stage(self, path: str, text: str, mode: int = 0o644) -> str:
+        """Write ``text`` to a temp file next to ``path`` (nothing replaced yet); return the temp file's path."""
         directory = os.path.dirname(path)
+        if os.path.isdir(path):
+            raise BindError(f"cannot write {path}: it is a directory")
+        tmp = None
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
+            self._makedirs(directory)
             fd, tmp = tempfile.mkstemp(prefix=".hostdev-vfio.", dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
             os.chmod(tmp, mode)
         except OSError as exc:
-            raise BindError(f"cannot write {path}: {exc.strerror}") from exc
-        if self.atomic_move:
-            self.atomic_move(tmp, path)
-        else:
-            os.replace(tmp, path)
+            if tmp:
+                self.discard(tmp)
+            raise BindError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return tmp
+
+    def commit(self, tmp: str, path: str) -> None:
+        """Move a staged temp file over ``path``. ansible-core 2.19's atomic_move raises a plain Exception."""
+        try:
+            if self.atomic_move:
+                self.atomic_move(tmp, path)
+            else:
+                os.replace(tmp, path)
+        except Exception as exc:  # atomic_move raises a plain Exception itself; the path must be named
+            self.discard(tmp)
+            raise BindError(f"cannot write {path}: {exc}") from None
+
+    @staticmethod
+    def discard(tmp: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        self.commit(self.stage(path, text, mode), path)
 
     def remove(self, path: str) -> None:
         try:
@@ -524,6 +592,13 @@ def build_plan(
             else:
                 errors.append(f"IOMMU group {gid} cannot be made viable: {names} (bridges are never rebound)")
 
+    for dp in devices:
+        unreadable = snapshot.devices[dp.address].unreadable
+        if dp.actions and unreadable:
+            errors.append(
+                f"{dp.address} ({dp.role}): its sysfs attributes cannot be read ({unreadable}); not touching it"
+            )
+
     force = {normalize_address(a) for a in request.force}
     warnings = []
     for dp in devices:
@@ -660,12 +735,31 @@ def rollback(kernel, touched: list) -> list:
     return report
 
 
+def _restore_files(writer: FileWriter, originals: dict) -> None:
+    """Best effort: put back the files already replaced when a later one could not be written."""
+    for path, text in originals.items():
+        try:
+            if text is None:
+                writer.remove(path)
+            else:
+                writer.write(path, text)
+        except BindError:
+            pass
+
+
 def apply(plan: Plan, kernel, writer: FileWriter | None = None) -> list:
     """Carry out the plan. On failure, roll back every device touched and raise BindError with the report."""
     writer = writer or FileWriter()
     touched = []
     results = [dp.result() for dp in plan.devices]
+    # The files are written to temp files next to their targets first: a read-only or missing directory stops the
+    # run before any module is loaded or any device is moved. The temp files replace the targets at the end.
+    staged = []
     try:
+        if plan.rules_changed and plan.rules_after:
+            staged.append((writer.stage(plan.rules_path, plan.rules_after), plan.rules_path))
+        if plan.state_changed:
+            staged.append((writer.stage(plan.state_path, render_state(plan.state_after)), plan.state_path))
         for module, driver in plan.modules:
             kernel.load_module(module)
             if not kernel.driver_registered(driver):
@@ -683,14 +777,23 @@ def apply(plan: Plan, kernel, writer: FileWriter | None = None) -> list:
             problem = _verify(kernel, dp)
             if problem:
                 raise KernelError(problem)
-        if plan.rules_changed:
-            if plan.rules_after:
-                writer.write(plan.rules_path, plan.rules_after)
-            else:
+        originals = {}  # path -> text before (None: there was no file), for the files already replaced
+        try:
+            while staged:
+                tmp, path = staged[0]
+                before = read_text(path)
+                writer.commit(tmp, path)
+                staged.pop(0)
+                originals[path] = before
+            if plan.rules_changed and not plan.rules_after:
                 writer.remove(plan.rules_path)
-        if plan.state_changed:
-            writer.write(plan.state_path, render_state(plan.state_after))
+        except BindError:
+            _restore_files(writer, originals)
+            raise
     except (KernelError, BindError) as exc:
+        for tmp, _path in staged:
+            writer.discard(tmp)
+        writer.cleanup()
         report = rollback(kernel, touched)
         done = [r["address"] for r in report if r.get("restored")]
         failed = [f"{r['address']} ({r['error']})" for r in report if not r.get("restored")]

@@ -106,6 +106,9 @@ def device_facts(
 ) -> dict:
     """One function as plain data; ``modules`` maps each bound driver to the module that provides it."""
     reasons = dev.vfio_blockers()
+    if dev.unreadable:
+        reasons = [f"its identity cannot be read from sysfs: {dev.unreadable}", *reasons]
+    known = not dev.unreadable
     sriov = None
     if dev.sriov_totalvfs is not None:
         sriov = {"totalvfs": dev.sriov_totalvfs, "numvfs": dev.sriov_numvfs or 0, "virtfns": dev.virtfns}
@@ -115,11 +118,11 @@ def device_facts(
         "device_id": dev.device_id,
         "subsystem_vendor_id": dev.subsystem_vendor_id,
         "subsystem_device_id": dev.subsystem_device_id,
-        "vendor_name": names.vendor_name(dev.vendor_id),
-        "device_name": names.device_name(dev.vendor_id, dev.device_id),
+        "vendor_name": names.vendor_name(dev.vendor_id) if known else None,
+        "device_name": names.device_name(dev.vendor_id, dev.device_id) if known else None,
         "class_code": dev.class_code,
         "class_id": dev.class_id,
-        "class_name": names.class_name(dev.class_code),
+        "class_name": names.class_name(dev.class_code) if known else None,
         "revision": dev.revision,
         "driver": dev.driver,
         "driver_module": (modules or {}).get(dev.driver),
@@ -137,6 +140,7 @@ def device_facts(
         "physfn": dev.physfn,
         "vfio_capable": not reasons,
         "vfio_blockers": reasons,
+        "unreadable": dev.unreadable,
     }
 
 
@@ -243,7 +247,12 @@ def gather(
         "acs_override": "pcie_acs_override" in cmdline,
         "unsafe_interrupts": _truthy_param(cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts")),
         "vfio": vfio,
-        "warnings": _warnings(enabled, snapshot.units, firmware, cmdline, vfio, cpu_vendor),
+        "warnings": _warnings(enabled, snapshot.units, firmware, cmdline, vfio, cpu_vendor)
+        + [
+            f"PCI function {a} is reported as unreadable: {snapshot.devices[a].unreadable}"
+            for a in addresses
+            if snapshot.devices[a].unreadable
+        ],
         "groups": [group_facts(snapshot, g) for g in group_ids],
         "devices": [device_facts(snapshot.devices[a], ids, aliases, modules) for a in addresses],
     }

@@ -17,6 +17,7 @@ __metaclass__ = type
 import os
 import time
 
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import driver_module
 
 
@@ -47,6 +48,13 @@ class SysfsKernel:
 
     def _write(self, path: str, value: str) -> None:
         """One write(2) of ``value``: sysfs attributes take a single write; the error is the kernel's answer."""
+        word = value[:-1] if value.endswith("\n") else value
+        try:
+            _validate.text("value", word, allow_empty=True)
+        except _validate.InvalidValue as exc:
+            raise KernelError(f"refusing to write to {path}: {exc}") from None
+        if not word.isascii() or " " in word:
+            raise KernelError(f"refusing to write {_validate.shown(value)} to {path}: not one ASCII word")
         try:
             fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
@@ -93,6 +101,10 @@ class SysfsKernel:
     # -- acting -------------------------------------------------------------------------------------------
     def load_module(self, name: str) -> None:
         """``modprobe NAME``; KernelError with modprobe's own message when it fails."""
+        try:
+            _validate.module_name("module", name)
+        except _validate.InvalidValue as exc:
+            raise KernelError(f"refusing to run modprobe: {exc}") from None
         if self.run_command is None:
             raise KernelError(f"cannot load {name}: no command runner")
         rc, out, err = self.run_command([self.modprobe, name])
@@ -102,6 +114,11 @@ class SysfsKernel:
 
     def set_override(self, address: str, driver: str | None) -> None:
         """Write ``driver_override``; None clears it (the kernel takes a lone newline as 'no override')."""
+        if driver is not None:
+            try:
+                _validate.driver_name("driver_override", driver)
+            except _validate.InvalidValue as exc:
+                raise KernelError(f"refusing to write driver_override of {address}: {exc}") from None
         self._write(self._dev(address, "driver_override"), (driver or "") + "\n")
 
     def unbind(self, address: str) -> None:

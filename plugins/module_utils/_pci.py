@@ -26,7 +26,7 @@ ADDRESS_RE = re.compile(
 # PCIe port driver) do not, and neither does an unbound device.
 STUB_DRIVERS = frozenset({"pci-stub"})
 BRIDGE_DRIVERS = frozenset({"pcieport"})
-_VFIO_DRIVER_RE = re.compile(r"^(?:vfio[-_]pci|[a-z0-9_-]+[-_]vfio[-_]pci)$")
+_VFIO_DRIVER_RE = re.compile(r"(?:vfio[-_]pci|[a-z0-9_-]+[-_]vfio[-_]pci)")
 
 PCI_HEADER_NORMAL = 0
 PCI_HEADER_BRIDGE = 1
@@ -38,7 +38,7 @@ def normalize_address(text: str) -> str:
 
     Raises ValueError for anything that is not a PCI address.
     """
-    m = ADDRESS_RE.match(text.strip()) if isinstance(text, str) else None
+    m = ADDRESS_RE.fullmatch(text.strip(" ")) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{text!r} is not a PCI address (expected DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0)")
     domain = int(m.group("domain") or "0", 16)
@@ -47,7 +47,7 @@ def normalize_address(text: str) -> str:
 
 def is_vfio_driver(driver: str | None) -> bool:
     """True for vfio-pci and the vfio-pci variant drivers (mlx5_vfio_pci, hisi_acc_vfio_pci, ...)."""
-    return bool(driver) and bool(_VFIO_DRIVER_RE.match(driver))
+    return bool(driver) and bool(_VFIO_DRIVER_RE.fullmatch(driver))
 
 
 def driver_keeps_group_viable(driver: str | None) -> bool:
@@ -86,6 +86,8 @@ class PciDevice:
     parent: str | None
     sysfs_path: str = field(repr=False, default="")
     modalias: str | None = None  # pci:v...d...sv...sd...bc..sc..i.. (what modules.alias patterns match)
+    # Why the function's identity (ids, class) could not be read, or None. Such a function is reported, never changed.
+    unreadable: str | None = None
 
     @property
     def class_id(self) -> str:
@@ -173,15 +175,6 @@ def _read(path: str) -> str | None:
     return data.decode("ascii", "replace").strip()
 
 
-def _hex4(text: str | None) -> str | None:
-    if text is None:
-        return None
-    try:
-        return f"{int(text, 16):04x}"
-    except ValueError:
-        return None
-
-
 def _hex2(text: str | None) -> str | None:
     try:
         return f"{int(text, 16):02x}" if text else None
@@ -224,7 +217,51 @@ def _header_type(dev_path: str) -> int | None:
 
 def _parent_address(real_path: str) -> str | None:
     parent = os.path.basename(os.path.dirname(real_path))
-    return parent if ADDRESS_RE.match(parent) else None
+    return parent if ADDRESS_RE.fullmatch(parent) else None
+
+
+_HEX_RE = re.compile(r"(?:0[xX])?([0-9a-fA-F]{1,%d})")
+_ID_RE = re.compile(_HEX_RE.pattern % 4)
+_CLASS_RE = re.compile(_HEX_RE.pattern % 6)
+
+
+class Unreadable(ValueError):
+    """A sysfs attribute that names a function's identity does not hold what the kernel writes there."""
+
+
+def _read_strict(path: str, name: str) -> str | None:
+    """An identity attribute: ASCII text as the kernel writes it, else Unreadable; None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise Unreadable(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = os.read(fd, 4097)
+    except OSError as exc:
+        raise Unreadable(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > 4096:
+        raise Unreadable(f"{name}: longer than a page (4096 bytes)")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise Unreadable(f"{name}: not ASCII (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+    if "\0" in text:
+        raise Unreadable(f"{name}: holds NUL bytes")
+    return text.strip()
+
+
+def _strict_hex(name: str, text: str | None, pattern: re.Pattern, width: int, optional: bool = False) -> str | None:
+    if text is None and optional:
+        return None
+    m = pattern.fullmatch(text or "")
+    if not m:
+        shown = (text or "")[:40]
+        raise Unreadable(f"{name}: {shown!r} is not a hex number of up to {width} digits")
+    return f"{int(m.group(1), 16):0{width}x}"
 
 
 def _uevent(text: str | None) -> dict[str, str]:
@@ -279,23 +316,14 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
                 vf = _link_name(base + name)
                 if vf:
                     virtfns.append((int(name[6:]), vf))
-    # One read of uevent gives what five attribute files give (the kernel fills both from the same fields).
-    uevent = _uevent(attr("uevent"))
-    vendor, _sep, device = uevent.get("PCI_ID", "").partition(":")
-    svendor, _sep, sdevice = uevent.get("PCI_SUBSYS_ID", "").partition(":")
-    if not (vendor and device and "PCI_CLASS" in uevent):
-        vendor, device = attr("vendor"), attr("device")
-        svendor, sdevice = attr("subsystem_vendor"), attr("subsystem_device")
-        class_text = attr("class") or "0"
-    else:
-        class_text = uevent["PCI_CLASS"]
+    identity, unreadable = _identity(base, entries)
     return PciDevice(
         address=address,
-        vendor_id=_hex4(vendor) or "ffff",
-        device_id=_hex4(device) or "ffff",
-        subsystem_vendor_id=_hex4(svendor),
-        subsystem_device_id=_hex4(sdevice),
-        class_code=f"{int(class_text, 16):06x}",
+        vendor_id=identity["vendor"],
+        device_id=identity["device"],
+        subsystem_vendor_id=identity["svendor"],
+        subsystem_device_id=identity["sdevice"],
+        class_code=identity["class"],
         revision=_hex2(attr("revision")),
         header_type=_header_type(real) if "config" in entries else None,
         driver=link("driver"),
@@ -311,8 +339,51 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
         virtfns=[vf for _index, vf in sorted(virtfns)],
         parent=_parent_address(real),
         sysfs_path=real,
-        modalias=uevent.get("MODALIAS") or attr("modalias"),
+        modalias=identity["modalias"] or attr("modalias"),
+        unreadable=unreadable,
     )
+
+
+# What an unreadable function reports: ids no selector of real hardware matches (ffff is "no device" in PCI),
+# an empty class code that no class prefix matches.
+_UNKNOWN = {"vendor": "ffff", "device": "ffff", "svendor": None, "sdevice": None, "class": "", "modalias": None}
+
+
+def _identity(base: str, entries: set) -> tuple:
+    """``({vendor, device, svendor, sdevice, class, modalias}, None)``, or the unknown identity and the reason.
+
+    One read of uevent gives what five attribute files give (the kernel fills both from the same fields); the
+    attribute files are read when uevent lacks them. Every value must be what the kernel writes (hex of the
+    right width, ASCII): anything else marks the function unreadable instead of being guessed at.
+    """
+    if not entries:
+        return dict(_UNKNOWN), "its sysfs directory cannot be listed"
+
+    def strict(name: str) -> str | None:
+        return _read_strict(base + name, name) if name in entries else None
+
+    try:
+        uevent = _uevent(strict("uevent"))
+        if "PCI_ID" in uevent or "PCI_CLASS" in uevent:
+            vendor, _sep, device = uevent.get("PCI_ID", "").partition(":")
+            subsys = uevent.get("PCI_SUBSYS_ID")
+            svendor, _sep, sdevice = subsys.partition(":") if subsys is not None else (None, "", None)
+            class_text, where = uevent.get("PCI_CLASS"), "uevent "
+        else:
+            vendor, device = strict("vendor"), strict("device")
+            svendor, sdevice = strict("subsystem_vendor"), strict("subsystem_device")
+            class_text, where = strict("class"), ""
+        identity = {
+            "vendor": _strict_hex(where + ("PCI_ID vendor" if where else "vendor"), vendor, _ID_RE, 4),
+            "device": _strict_hex(where + ("PCI_ID device" if where else "device"), device, _ID_RE, 4),
+            "svendor": _strict_hex(where + "subsystem vendor", svendor, _ID_RE, 4, optional=True),
+            "sdevice": _strict_hex(where + "subsystem device", sdevice, _ID_RE, 4, optional=True),
+            "class": _strict_hex(where + ("PCI_CLASS" if where else "class"), class_text, _CLASS_RE, 6),
+            "modalias": uevent.get("MODALIAS"),
+        }
+    except Unreadable as exc:
+        return dict(_UNKNOWN), str(exc)
+    return identity, None
 
 
 def driver_module(sysfs_root: str, driver: str | None) -> str | None:
@@ -373,7 +444,7 @@ def read_snapshot(sysfs_root: str = "/sys") -> Snapshot:
         addresses = sorted(os.listdir(base))
     except OSError:
         addresses = []
-    devices = {a: read_device(sysfs_root, a) for a in addresses if ADDRESS_RE.match(a)}
+    devices = {a: read_device(sysfs_root, a) for a in addresses if ADDRESS_RE.fullmatch(a)}
     groups = read_groups(sysfs_root)
     # Group membership from the groups' own lists keeps non-PCI members (platform devices) visible too;
     # make sure PCI functions that name a group are listed in it even if the group dir was unreadable.

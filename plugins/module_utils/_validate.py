@@ -171,3 +171,109 @@ def each(field: str, values, check) -> list:
     if not isinstance(values, (list, tuple)):
         raise InvalidValue(f"{field}: expected a list, got {type(values).__name__} {shown(values)}")
     return [check(f"{field}[{index}]", value) for index, value in enumerate(values)]
+
+
+# -- devices and role (part C)
+# Selectors of vfio_bind and of the passthrough role, the JMESPath query, and the role's own values. Same rules as
+# above: full-string matches, no control character, length limits, the offending value shown with repr.
+
+PCI_CLASS_PREFIX_RE = re.compile(r"(?:[0-9a-fA-F]{2}){1,3}")
+# The role's ids selectors may end in a wildcard device (``10de:*``: every device of a vendor).
+PCI_IDS_PATTERN_RE = re.compile(r"[0-9a-fA-F]{4}:(?:[0-9a-fA-F]{4}|\*)(?::[0-9a-fA-F]{4}:[0-9a-fA-F]{4})?")
+# User and group names as shadow-utils' useradd accepts them by default (a trailing '$' for machine accounts).
+ACCOUNT_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,30}\$?")
+# A /dev/vfio/N mode: four octal digits, nothing for others (a world-writable group file hands out DMA).
+VFIO_GROUP_MODE_RE = re.compile(r"0[0-7][0-7]0")
+MAX_QUERY = 2048
+MAX_QUERY_DEPTH = 32  # nested (), [] and {} outside literals; jmespath's parser recurses once per level
+MAX_LABEL = 256
+
+
+def pci_address_spec(field: str, value, separators: str = "@") -> tuple:
+    """A PCI address, optionally followed by one of ``separators`` and ``vendor:device`` (``01:00.0@10de:1b80``).
+
+    Returns ``(address in the kernel's form, "vvvv:dddd" or None)``. Surrounding spaces (only spaces) are
+    ignored; any other whitespace or control character is refused.
+    """
+    text(field, value, max_len=64)
+    stripped = value.strip(" ")
+    cut = min((i for i in (stripped.find(s) for s in separators) if i >= 0), default=-1)
+    if cut < 0:
+        return pci_address(field, stripped), None
+    address = pci_address(field, stripped[:cut])
+    ids = stripped[cut + 1 :]
+    if not PCI_IDS_RE.fullmatch(ids) or PCI_IDS_RE.fullmatch(ids).group(3):
+        raise InvalidValue(
+            f"{field}: {shown(value)}: the part after {stripped[cut]!r} must be vendor:device in hex, "
+            "for example 01:00.0@10de:1b80"
+        )
+    return address, ids.lower()
+
+
+def pci_class_prefix(field: str, value) -> str:
+    """2, 4 or 6 hex digits of a PCI class code (``03``, ``0300``, ``0c0330``); returned in lower case."""
+    return _pattern(
+        field, value, PCI_CLASS_PREFIX_RE, "2, 4 or 6 hex digits of a PCI class code (e.g. 03, 0300, 0c0330)", 6
+    ).lower()
+
+
+def pci_ids_pattern(field: str, value) -> str:
+    """``vendor:device``, ``vendor:*`` or ``vendor:device:subvendor:subdevice`` in hex; returned in lower case."""
+    return _pattern(
+        field, value, PCI_IDS_PATTERN_RE, "a PCI id (VVVV:DDDD, VVVV:* or VVVV:DDDD:SVVV:SDDD, hex)", 19
+    ).lower()
+
+
+def jmespath_query(field: str, value) -> str:
+    """A JMESPath expression: no control character, at most ``MAX_QUERY`` characters and ``MAX_QUERY_DEPTH``
+    levels of brackets (a deeper one would exhaust the parser's recursion instead of being refused)."""
+    text(field, value, max_len=MAX_QUERY)
+    depth = deepest = 0
+    quote = None
+    escaped = False
+    for ch in value:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"`":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth -= 1
+    nots = max((len(run) for run in re.findall(r"[!&]+", value)), default=0)
+    if deepest > MAX_QUERY_DEPTH or nots > MAX_QUERY_DEPTH:
+        raise InvalidValue(
+            f"{field}: {shown(value)} nests deeper than {MAX_QUERY_DEPTH} levels; write a flatter expression"
+        )
+    return value
+
+
+def label(field: str, value) -> str:
+    """A free-text label shown in messages (a selector's name): printable, at most ``MAX_LABEL`` characters."""
+    return text(field, value, max_len=MAX_LABEL)
+
+
+def account_name(field: str, value) -> str:
+    """A user or group name for a udev OWNER= or GROUP= assignment (empty: none)."""
+    text(field, value, max_len=32, allow_empty=True)
+    if value and not ACCOUNT_NAME_RE.fullmatch(value):
+        raise InvalidValue(f"{field}: {shown(value)} is not a user or group name (a-z 0-9 _ . -, starting a-z or _)")
+    return value
+
+
+def vfio_group_mode(field: str, value) -> str:
+    """Mode of /dev/vfio/N: four octal digits with no permission for others (``0660``)."""
+    return _pattern(
+        field,
+        value,
+        VFIO_GROUP_MODE_RE,
+        "four octal digits with no permission for others, such as 0660 (a world-writable /dev/vfio/N would let "
+        "any local user drive the device's DMA)",
+        4,
+    )

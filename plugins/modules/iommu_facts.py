@@ -225,6 +225,11 @@ ansible_facts:
             - C(modalias) is the kernel's modalias of the function, and C(host_modules) the modules whose device
               table matches it (what C(modprobe -R) and C(lspci -k) list), so a function already on vfio-pci still
               names the host drivers that would take it at boot. Empty when the alias tables cannot be read.
+            - C(unreadable) is null, or why the function's identity could not be read from sysfs (a C(class) or
+              C(uevent) attribute that is not what the kernel writes - not hex, empty, not ASCII, too long). Such a
+              function is still listed, with ids V(ffff), an empty C(class_code), no names, C(vfio_capable=false),
+              and a warning; the rest of the host is reported as usual, and M(hostdev.vfio.vfio_bind) refuses to
+              change it.
           type: list
           elements: dict
           returned: always
@@ -235,15 +240,13 @@ ansible_facts:
                     "modalias": "pci:v000010DEd00001B80sv00001458sd00003702bc03sc00i00",
                     "host_modules": ["nouveau"], "iommu_group": 1, "is_bridge": false,
                     "parent": "0000:00:01.0", "numa_node": null, "boot_vga": false, "reset_methods": ["bus"],
-                    "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": []}]
+                    "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": [],
+                    "unreadable": null}]
 """
 
-import re
-
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
-
-_CLASS_PREFIX = re.compile(r"^(?:[0-9a-fA-F]{2}){1,3}$")
 
 
 def main():
@@ -258,12 +261,14 @@ def main():
         },
         supports_check_mode=True,
     )
-    bad = [c for c in module.params["device_class"] or [] if not _CLASS_PREFIX.match(c)]
-    if bad:
-        module.fail_json(
-            msg="device_class entries must be 2, 4 or 6 hex digits of a PCI class code (e.g. 03, 0300, 0c0330); "
-            "got {}".format(", ".join(repr(b) for b in bad))
-        )
+    errors = []
+    for index, value in enumerate(module.params["device_class"] or []):
+        try:
+            _validate.pci_class_prefix(f"device_class[{index}]", value)
+        except _validate.InvalidValue as exc:
+            errors.append(str(exc))
+    if errors:
+        module.fail_json(msg="; ".join(errors))
     facts = gather(
         sysfs_root=module.params["sysfs_root"],
         proc_root=module.params["proc_root"],

@@ -27,6 +27,11 @@ description:
     console (check C(console)); a member of an IOMMU group whose C(/dev/vfio/<group>) a process holds open,
     for example a running guest (check C(vfio-in-use)). Each refusal names the device, the check and the reason.
   - A device already on the requested driver (with its udev rule when O(persistent=true)) is not touched at all.
+  - Every selector and value is checked in full before anything is read for writing - addresses, ids, class
+    prefixes, the driver name (a newline or any other control character is refused, so a value can never start
+    a second udev rule), the query, and the persistence paths (absolute, without C(..)). A function whose sysfs
+    attributes cannot be parsed (see C(unreadable) in M(hostdev.vfio.iommu_facts)) is never changed. A rules or
+    state file that is not UTF-8 text, or a directory in its place, is refused with its path named.
 author:
   - hostdev.vfio contributors (!UNKNOWN)
 options:
@@ -56,6 +61,7 @@ options:
       - A JMESPath expression over the data M(hostdev.vfio.iommu_facts) returns as C(ansible_facts.iommu). It
         must return a list of addresses or of device dicts (with C(address)), for example
         V(devices[?vendor_id=='10de'].address).
+      - At most 2048 characters, no control characters, and no more than 32 levels of nesting.
       - Needs the Python library jmespath on the managed host.
       - All selectors add up (union).
     type: str
@@ -303,7 +309,7 @@ def main():
         force=p["force"],
         allow_empty=p["allow_empty"],
     )
-    errors = _bind.validate(request)
+    errors = _bind.validate(request) + _bind.validate_paths(p["rules_file"], p["state_dir"])
     if errors:
         module.fail_json(msg="; ".join(errors))
     roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])

@@ -99,6 +99,48 @@ def test_wrong_input_stops_the_role_before_any_task(tmp_path, variables, expecte
     assert "Gather IOMMU facts" not in out
 
 
+# Values the argument spec's types cannot refuse (a string is a string): the role's first task checks them with the
+# modules' rules (filter hostdev.vfio.passthrough_validate) and stops before any host is read.
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        pytest.param(
+            {"passthrough_devices": [{"address": ["01:00.0\n"]}]},
+            ["passthrough_devices[0].address[0]: '01:00.0", "contains the control character"],
+            id="address-trailing-newline",
+        ),
+        pytest.param(
+            {"passthrough_devices": [{"address": ["01:00.0"], "driver": "vfio-pci\ninstall x /bin/sh"}]},
+            # stopped already by the spec's choices (a choice is compared in full), before the role's first task
+            ["value of driver must be one of: vfio-pci, pci-stub, got: vfio-pci\ninstall x /bin/sh"],
+            id="driver-newline",
+        ),
+        pytest.param(
+            {"passthrough_devices": [{"query": "devices[?vendor_id=='10de']\u0007\u001b[2J"}]},
+            ["passthrough_devices[0].query:", "contains the control character"],
+            id="query-control-chars",
+        ),
+        pytest.param(
+            {"passthrough_devices": [{"ids": ["10de:1b80\n"]}], "passthrough_kernel_args": ["iommu=pt;reboot"]},
+            ["passthrough_devices[0].ids[0]:", "passthrough_kernel_args[0]: 'iommu=pt;reboot' contains the character"],
+            id="ids-newline-and-karg",
+        ),
+        pytest.param(
+            {"passthrough_vfio_group_group": "kvm\n", "passthrough_vfio_group_mode": "0666"},
+            ["passthrough_vfio_group_group:", "passthrough_vfio_group_mode: '0666' is not four octal digits"],
+            id="vfio-group-newline-and-mode",
+        ),
+    ],
+)
+def test_hostile_values_stop_the_role_before_any_host_is_read(tmp_path, variables, expected):
+    proc = _playbook(tmp_path, variables, validate_only=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    for text in expected:
+        assert text in out, out
+    assert "Gather IOMMU facts" not in out
+
+
 def test_good_input_passes_the_spec(tmp_path):
     variables = {
         "passthrough_devices": [

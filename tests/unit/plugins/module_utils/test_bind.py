@@ -431,9 +431,19 @@ def test_rules_file_removed_when_only_header_left(lab):
     assert not rules.exists()
 
 
-def test_rule_values_are_validated():
-    with pytest.raises(BindError, match="refusing to write driver"):
-        _bind.render_rule("0000:00:04.0", "8086", "10d3", 'x", RUN+="/bin/sh')
+@pytest.mark.parametrize(
+    ("address", "ids", "driver", "what"),
+    [
+        ("0000:00:04.0", ("8086", "10d3"), 'x", RUN+="/bin/sh', "driver"),
+        ("0000:00:04.0", ("8086", "10d3"), "vfio-pci\n", "driver"),
+        ("0000:00:04.0\n", ("8086", "10d3"), "vfio-pci", "address"),
+        ("0000:00:04.0", ("8086\n", "10d3"), "vfio-pci", "vendor:device"),
+        ("00:04.0", ("8086", "10d3"), "vfio-pci", "canonical"),
+    ],
+)
+def test_rule_values_are_validated(address, ids, driver, what):
+    with pytest.raises(BindError, match=f"refusing to write a udev rule: .*{what}"):
+        _bind.render_rule(address, *ids, driver)
 
 
 def test_update_rules_keeps_unrelated_bytes_without_final_newline():

@@ -88,6 +88,7 @@ def test_full_shape_gpu_host(tmp_path):
         "physfn": None,
         "vfio_capable": True,
         "vfio_blockers": [],
+        "unreadable": None,
     }
     pf = by_address(facts)["0000:03:00.0"]
     assert pf["sriov"] == {"totalvfs": 7, "numvfs": 2, "virtfns": ["0000:03:10.0", "0000:03:10.4"]}

@@ -35,4 +35,6 @@ def test_module_rejects_bad_class(tmp_path):
     host = FakeHost(tmp_path)
     result, failed = run_module(iommu_facts.main, args_for(host, device_class=["03", "VGA", "030"]))
     assert failed
-    assert "'VGA', '030'" in result["msg"]
+    assert "device_class[1]: 'VGA' is not" in result["msg"]
+    assert "device_class[2]: '030' is not" in result["msg"]
+    assert "device_class[0]" not in result["msg"]
