@@ -13,17 +13,51 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import read_text, rooted
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_config, rooted
 
 MARKER = "# Managed by hostdev.vfio.initramfs: do not edit by hand."
 BACKENDS = ("initramfs-tools", "dracut", "mkinitcpio")
 # vfio_virqfd was merged into the vfio module in Linux 6.2.
 VIRQFD = "vfio_virqfd"
-_MODULE_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 class InitramfsError(Exception):
     """A request or host state the module cannot handle; the message says what to do."""
+
+
+def read_conf(path: str, what: str = "initramfs configuration file") -> str | None:
+    """A configuration file this module may edit (UTF-8 text, no NUL), or None; problems become InitramfsError."""
+    try:
+        return read_config(path, what)
+    except FileProblem as exc:
+        raise InitramfsError(str(exc)) from None
+
+
+def _read_index(path: str) -> str:
+    """modules.dep / modules.builtin, only read: undecodable bytes become U+FFFD instead of a traceback."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise InitramfsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def validate_request(modules, kernel_versions) -> tuple[list[str], list[str] | None]:
+    """Module names and kernel releases checked by _validate before any file is read or command runs: a release
+    is a directory name under /lib/modules (no '/', '..', newline), passed to update-initramfs -k / dracut --kver."""
+    try:
+        mods = _validate.each("modules", modules, _validate.module_name)
+        kernels = (
+            None
+            if kernel_versions is None
+            else _validate.each("kernel_versions", kernel_versions, _validate.kernel_release)
+        )
+    except _validate.InvalidValue as exc:
+        raise InitramfsError(str(exc)) from None
+    return mods, kernels
 
 
 def norm(name: str) -> str:
@@ -44,10 +78,9 @@ def modules_for_kernel(modules: list[str], version: str) -> list[str]:
 
 
 def validate_modules(modules: list[str]) -> list[str]:
+    """Module names (:func:`_validate.module_name`), duplicates (``vfio-pci``/``vfio_pci``) dropped."""
     out = []
-    for m in modules:
-        if not isinstance(m, str) or not _MODULE_RE.match(m):
-            raise InitramfsError(f"module name {m!r} is not valid: use letters, digits, '_' and '-' only")
+    for m in validate_request(modules, None)[0]:
         if norm(m) not in [norm(x) for x in out]:
             out.append(m)
     return out
@@ -59,7 +92,13 @@ def installed_kernels(root: str) -> list[str]:
     if not os.path.isdir(mod_dir):
         return []
     out = []
-    for ver in sorted(os.listdir(mod_dir)):
+    try:
+        names = sorted(os.listdir(mod_dir))
+    except OSError as exc:
+        raise InitramfsError(f"{mod_dir}: cannot list it: {exc.strerror or exc}") from None
+    for ver in names:
+        if not _validate.KERNEL_RELEASE_RE.fullmatch(ver):
+            continue  # not a kernel release (a stray file or a crafted name): never passed to a command
         if os.path.exists(rooted(root, f"/boot/vmlinuz-{ver}")) or os.path.exists(
             os.path.join(mod_dir, ver, "vmlinuz")
         ):
@@ -72,7 +111,7 @@ def kernel_module_index(root: str, version: str) -> tuple[set[str], set[str]]:
     base = rooted(root, f"/lib/modules/{version}")
     loadable, builtin = set(), set()
     for fname, target in (("modules.dep", loadable), ("modules.builtin", builtin)):
-        text = read_text(os.path.join(base, fname)) or ""
+        text = _read_index(os.path.join(base, fname))
         for line in text.splitlines():
             path = line.split(":", 1)[0].strip()
             if path:
@@ -293,6 +332,7 @@ def plan_initramfs(
     """Compute the configuration change and which kernels' images to regenerate (reading the current images)."""
     plan = Plan(backend)
     modules = validate_modules(modules)
+    kernel_versions = validate_request([], kernel_versions)[1]
     kernels = list(kernel_versions) if kernel_versions else installed_kernels(root)
     if not kernels:
         raise InitramfsError(
@@ -320,13 +360,13 @@ def plan_initramfs(
 
     if backend == "initramfs-tools":
         plan.config_path = rooted(root, "/etc/initramfs-tools/modules")
-        plan.config_before = read_text(plan.config_path)
+        plan.config_before = read_conf(plan.config_path)
         plan.config_after = edit_modules_file(plan.config_before, config_modules, present, name)
         if plan.config_before is None and not present:
             plan.config_after = None
     elif backend == "dracut":
         plan.config_path = rooted(root, f"/etc/dracut.conf.d/{name}.conf")
-        plan.config_before = read_text(plan.config_path)
+        plan.config_before = read_conf(plan.config_path)
         plan.config_after = _owned_file(
             plan.config_before, dracut_modules(plan.config_before), config_modules, present, render_dracut
         )
@@ -338,7 +378,7 @@ def plan_initramfs(
                 "/etc/mkinitcpio.conf yourself"
             )
         plan.config_path = os.path.join(confd, f"{name}.conf")
-        plan.config_before = read_text(plan.config_path)
+        plan.config_before = read_conf(plan.config_path)
         plan.config_after = _owned_file(
             plan.config_before, mkinitcpio_modules(plan.config_before), config_modules, present, render_mkinitcpio
         )
@@ -348,15 +388,18 @@ def plan_initramfs(
     if backend == "mkinitcpio":
         # mkinitcpio names images after presets (initramfs-linux.img), not kernel versions: one key per image,
         # regenerated together by ``mkinitcpio -P``; vfio_virqfd is wanted when any installed kernel needs it.
-        images = (
-            sorted(
-                f
-                for f in os.listdir(rooted(root, "/boot"))
-                if re.match(r"^initramfs-.*\.img$", f) and "-fallback" not in f
+        try:
+            images = (
+                sorted(
+                    f
+                    for f in os.listdir(rooted(root, "/boot"))
+                    if re.fullmatch(r"initramfs-[A-Za-z0-9._+~-]+\.img", f) and "-fallback" not in f
+                )
+                if os.path.isdir(rooted(root, "/boot"))
+                else []
             )
-            if os.path.isdir(rooted(root, "/boot"))
-            else []
-        )
+        except OSError as exc:
+            raise InitramfsError(f"{rooted(root, '/boot')}: cannot list it: {exc.strerror or exc}") from None
         oldest = min(kernels, key=kernel_tuple)
         targets = [(f, oldest, rooted(root, f"/boot/{f}")) for f in images] or [
             (oldest, oldest, image_path(root, backend, oldest))

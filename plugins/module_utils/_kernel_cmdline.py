@@ -15,8 +15,9 @@ import os
 import re
 import shlex
 
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import read_text, rooted
-from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import installed_kernels
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_config, rooted
+from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import InitramfsError, installed_kernels
 
 MARKER = "# Managed by hostdev.vfio.kernel_cmdline: do not edit by hand."
 BACKENDS = ("grub", "grubby", "systemd-boot", "proxmox", "rpm-ostree", "bootc")
@@ -24,6 +25,29 @@ BACKENDS = ("grub", "grubby", "systemd-boot", "proxmox", "rpm-ostree", "bootc")
 
 class CmdlineError(Exception):
     """A request or a host state the module cannot handle; the message says what to do."""
+
+
+def read_text(path: str, what: str = "configuration file") -> str | None:
+    """A file this module may edit (UTF-8 text, no NUL), or None when it does not exist; problems: CmdlineError."""
+    try:
+        return read_config(path, what)
+    except FileProblem as exc:
+        raise CmdlineError(str(exc)) from None
+
+
+def read_lenient(path: str) -> str | None:
+    """A file only read, never edited (``/proc/cmdline``, a generated grub.cfg): undecodable bytes become U+FFFD."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise CmdlineError(f"{path}: is a directory, expected a file") from None
+    except NotADirectoryError:
+        raise CmdlineError(f"{path}: a parent of this path is not a directory") from None
+    except OSError as exc:
+        raise CmdlineError(f"{path}: cannot read it: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,26 +112,58 @@ def canonical_name(name: str) -> str:
 
 
 def parse_request(items: list[str] | None, what: str) -> list[tuple[str, str | None]]:
-    """Parse the user's ``args``/``remove`` entries, one argument each, and refuse what cannot be written safely."""
-    out = []
-    for item in items or []:
-        if not isinstance(item, str) or not item.strip():
-            raise CmdlineError(f"{what}: empty entry {item!r}; give one kernel argument per list item")
-        parsed = parse_cmdline(item)
-        if len(parsed) != 1:
-            raise CmdlineError(f"{what}: {item!r} is not one argument; give one kernel argument per list item")
-        name, value = parsed[0]
-        if not name or name == "--" or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-            raise CmdlineError(
-                f"{what}: parameter name {name!r} in {item!r} is not valid; names are letters, digits, '_', '-', '.'"
-            )
-        if value is not None and re.search(r"[\s\"'\\$`]", value):
-            raise CmdlineError(
-                f"{what}: the value of {item!r} contains whitespace, a quote, a backslash, '$' or '`'; "
-                "such values cannot be written safely to boot-loader configuration"
-            )
-        out.append((name, value))
-    return out
+    """Validate the user's ``args``/``remove`` entries, one argument each (:func:`_validate.kernel_arg_named`).
+
+    Nothing GRUB's or sh's quoting would read differently passes: whitespace, quotes, ``$``, backticks, ``;``,
+    ``|``, backslashes, control characters (NUL, newline) and over-long values are refused with the character
+    named, before any file is read for writing and before any command runs.
+    """
+    try:
+        return _validate.each(what, items, _validate.kernel_arg_named)
+    except _validate.InvalidValue as exc:
+        raise CmdlineError(str(exc)) from None
+
+
+# Parameters the kernel (or early userspace) acts on at every occurrence, so ``a=x a=y`` means both x and y:
+# Documentation/admin-guide/kernel-parameters.txt describes several consoles (``console=``, the last one is
+# /dev/console), several memory maps and huge page pools (``memmap=``, ``hugepagesz=``/``hugepages=`` pairs,
+# ``crashkernel=`` with ``,high``/``,low``, ``reserve=``), and options parsed per occurrence as comma lists
+# (x86 ``iommu=``, ``pci=``, ``acpi_osi=``, ``initcall_blacklist=``, ``video=`` per connector, ``netdev=``/
+# ``ether=`` per interface). kmod reads every ``modprobe.blacklist=``; dracut every ``rd.driver.*``, ``rd.luks.*``,
+# ``rd.lvm.lv``, ``rd.md.uuid`` and ``ip=``. For these an ``args`` entry only makes its own occurrence present:
+# other occurrences stay (collapsing ``iommu=1 iommu=pt`` to one value would change what the kernel does).
+# Every other parameter keeps the kernel's last-wins reading: an ``args`` entry gives it exactly one value.
+REPEATABLE = frozenset(
+    {
+        "console",
+        "iommu",
+        "pci",
+        "acpi_osi",
+        "memmap",
+        "hugepagesz",
+        "hugepages",
+        "crashkernel",
+        "reserve",
+        "video",
+        "netdev",
+        "ether",
+        "initcall_blacklist",
+        "modprobe.blacklist",
+        "rd.driver.pre",
+        "rd.driver.post",
+        "rd.driver.blacklist",
+        "rd.luks.uuid",
+        "rd.luks.name",
+        "rd.lvm.lv",
+        "rd.md.uuid",
+        "ip",
+    }
+)
+
+
+def repeatable(name: str) -> bool:
+    """Whether every occurrence of the parameter counts (see :data:`REPEATABLE`)."""
+    return canonical_name(name) in REPEATABLE
 
 
 def apply_cmdline(
@@ -118,15 +174,14 @@ def apply_cmdline(
     """The new argument list: removals dropped, values of existing names replaced in place, new ones appended.
 
     A ``remove`` entry with a value drops only that name=value; without a value it drops every occurrence of
-    the name. An ``args`` entry gives its name exactly one value: the first occurrence is set in place and
-    later duplicates are dropped. New arguments go to the end, before ``--`` when there is one. Unrelated
-    arguments keep their order and spelling.
+    the name. An ``args`` entry of a last-wins parameter gives its name exactly one value: the first occurrence
+    is set in place and later duplicates are dropped. An ``args`` entry of a repeatable parameter
+    (:data:`REPEATABLE`) is appended when that exact occurrence is missing, and other occurrences stay. New
+    arguments go to the end, before ``--`` when there is one. Unrelated arguments keep their order and spelling.
     """
     drop_any = {canonical_name(n) for n, v in remove if v is None}
     drop_exact = {(canonical_name(n), v) for n, v in remove if v is not None}
-    wanted = {}
-    for n, v in args:
-        wanted[canonical_name(n)] = (n, v)
+    wanted = {canonical_name(n): (n, v) for n, v in args if not repeatable(n)}
     result: list[tuple[str, str | None]] = []
     seen = set()
     init_args: list[tuple[str, str | None]] = []
@@ -149,9 +204,16 @@ def apply_cmdline(
         if key in drop_any or (key, v) in drop_exact:
             continue
         result.append((n, v))
-    for key, (n, v) in wanted.items():
-        if key not in seen:
-            result.append((n, v))
+    have = {(canonical_name(n), v) for n, v in result if repeatable(n)}
+    for n, v in args:  # new arguments in the order they were asked for
+        key = canonical_name(n)
+        if repeatable(n):
+            if (key, v) not in have:
+                have.add((key, v))
+                result.append((n, v))
+        elif key not in seen:
+            seen.add(key)
+            result.append(wanted[key])
     return result + init_args
 
 
@@ -160,7 +222,8 @@ def satisfied(
     args: list[tuple[str, str | None]],
     remove: list[tuple[str, str | None]],
 ) -> bool:
-    """Whether a command line already has every wanted argument (as its only value) and none of the removed ones."""
+    """Whether a command line already has every wanted argument (as its only value, for a last-wins parameter)
+    and none of the removed ones."""
     return apply_cmdline(current, args, remove) == list(current)
 
 
@@ -169,13 +232,31 @@ def missing_and_present(current, args, remove) -> tuple[list[str], list[str]]:
     by_name: dict[str, list[str | None]] = {}
     for n, v in current:
         by_name.setdefault(canonical_name(n), []).append(v)
-    missing = [render_arg(n, v) for n, v in args if by_name.get(canonical_name(n)) != [v]]
+    missing = []
+    for n, v in args:
+        values = by_name.get(canonical_name(n), [])
+        if (v not in values) if repeatable(n) else (values != [v]):
+            missing.append(render_arg(n, v))
     present = []
     for n, v in remove:
         values = by_name.get(canonical_name(n), [])
         if (v is None and values) or (v is not None and v in values):
             present.append(render_arg(n, v))
     return missing, present
+
+
+def conflicts(args, remove) -> list[str]:
+    """Arguments that are both wanted and removed: a bare ``remove`` name that is in ``args``, the same
+    name=value in both, or a last-wins parameter in both (it can only have one value)."""
+    out = []
+    for n, v in args:
+        key = canonical_name(n)
+        for m, w in remove:
+            if canonical_name(m) != key:
+                continue
+            if w is None or w == v or not repeatable(n):
+                out.append(key)
+    return sorted(set(out))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -329,38 +410,123 @@ class Plan:
 # ---------------------------------------------------------------------------------------------------------------
 # GRUB on Debian/Ubuntu: /etc/default/grub + /etc/default/grub.d/<name>.cfg + update-grub
 # ---------------------------------------------------------------------------------------------------------------
-_ASSIGN = re.compile(r"^(?P<lead>\s*(?:export\s+)?)(?P<var>GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(?P<rest>.*)$")
+_ASSIGN = re.compile(r"(?P<lead>[ \t]*(?:export[ \t]+)?)(?P<var>GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(?P<rest>.*)")
+_REF_RE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+# An unquoted value edited in place stays a plain word: what kernel_arg lets through, minus '~' (tilde expansion
+# after '=' and ':' in an assignment).
+_UNQUOTED_PLAIN_RE = re.compile(r"[A-Za-z0-9_.,:+/=@%^!*-]*")
+_BLANK = " \t"  # sh separates words with blanks only; '\r', '\f' and '\v' are ordinary characters to it
+_WORD_END = " \t;&|<>()"
+_OPAQUE = ("opaque", None, 0, 0, "")
 
 
-def _shell_value_span(rest: str) -> tuple[int, int, str] | None:
-    """Locate the value of ``VAR=...``: (start, end, quote char) within ``rest``; None when it is not simple."""
-    if rest.startswith('"'):
-        end = rest.find('"', 1)
-        if end < 0 or "\\" in rest[1:end] or "`" in rest[1:end] or "$(" in rest[1:end]:
-            return None
-        return 1, end, '"'
-    if rest.startswith("'"):
-        end = rest.find("'", 1)
-        return (1, end, "'") if end > 0 else None
-    m = re.match(r"[^\s;#\"'`\\$]*", rest)
-    return 0, m.end(), ""
+def _lines(text: str) -> list[str]:
+    """Lines as sh sees them (split at '\n' only, unlike str.splitlines), each with its newline."""
+    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
 
 
-def _grub_assignments(text: str) -> list[tuple[int, str, int, int]]:
-    """(line index, var, value start, value end) of each simple GRUB_CMDLINE_LINUX[_DEFAULT]= assignment."""
+def _split_nl(line: str) -> tuple[str, str]:
+    return (line[:-1], "\n") if line.endswith("\n") else (line, "")
+
+
+def sh_assignment_value(rest: str) -> tuple[str, str | None, int, int, str]:
+    """What sh assigns with ``VAR=<rest>`` on one line: ``(kind, value, start, end, quote)``.
+
+    ``kind`` is ``plain`` when the text between ``start`` and ``end`` is exactly the value (one double-quoted
+    string without backslashes or backticks and with ``$NAME`` references only, one single-quoted string, or one
+    unquoted plain word), so it can be edited in place with plain words; ``known`` when sh's value is certain
+    but spelled with escapes or concatenated quotes (``"quiet acpi_osi=\"!Windows 2012\""``): read, never
+    rewritten; ``opaque`` when sh computes it (command substitution, variables outside a plain string, tilde
+    expansion, a value continued on the next line) or runs something after it (``a;b``, ``a b``, ``a|b``).
+    Only what follows the value on the line may be blanks and a comment.
+    """
+    i, n = 0, len(rest)
+    parts, value, escaped, refs = [], [], False, False
+    while i < n and rest[i] not in _WORD_END:
+        c = rest[i]
+        if c == "'":
+            j = rest.find("'", i + 1)
+            if j < 0:
+                return _OPAQUE
+            parts.append(("'", i + 1, j))
+            value.append(rest[i + 1 : j])
+            i = j + 1
+        elif c == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    return _OPAQUE
+                d = rest[j]
+                if d == '"':
+                    break
+                if d == "\\":
+                    if j + 1 >= n:
+                        return _OPAQUE
+                    escaped = True
+                    if rest[j + 1] in '$`"\\':
+                        buf.append(rest[j + 1])
+                        j += 2
+                    else:
+                        buf.append(d)
+                        j += 1
+                    continue
+                if d == "`":
+                    return _OPAQUE
+                if d == "$":
+                    m = _REF_RE.match(rest, j)
+                    if not m:
+                        return _OPAQUE
+                    refs = True
+                    buf.append(m.group())
+                    j = m.end()
+                    continue
+                buf.append(d)
+                j += 1
+            parts.append(('"', i + 1, j))
+            value.append("".join(buf))
+            i = j + 1
+        elif c == "\\":
+            if i + 1 >= n:
+                return _OPAQUE
+            escaped = True
+            parts.append(("\\", i, i + 2))
+            value.append(rest[i + 1])
+            i += 2
+        elif c in "$`~":
+            return _OPAQUE
+        else:
+            j = i
+            while j < n and rest[j] not in _WORD_END and rest[j] not in "'\"\\$`~":
+                j += 1
+            parts.append(("", i, j))
+            value.append(rest[i:j])
+            i = j
+    tail = rest[i:]
+    if tail.strip(_BLANK) and not re.fullmatch(r"[ \t]+#.*", tail):
+        return _OPAQUE
+    text = "".join(value)
+    if not parts:
+        return "plain", "", i, i, ""
+    quote, start, end = parts[0]
+    simple = len(parts) == 1 and not escaped
+    if simple and (quote == '"' or (quote == "'" and '"' not in text) or _UNQUOTED_PLAIN_RE.fullmatch(text)):
+        return "plain", text, start, end, quote
+    if refs:
+        return _OPAQUE
+    return "known", text, parts[0][1], parts[-1][2], quote
+
+
+def _grub_assignments(text: str) -> list[tuple[int, str, str, str | None, int, int, str]]:
+    """``(line index, var, kind, value, start, end, quote)`` of each GRUB_CMDLINE_LINUX[_DEFAULT]= line;
+    ``start``/``end`` are offsets in the line (see :func:`sh_assignment_value`)."""
     found = []
-    for idx, line in enumerate(text.splitlines(True)):
-        m = _ASSIGN.match(line.rstrip("\n"))
+    for idx, line in enumerate(_lines(text)):
+        m = _ASSIGN.fullmatch(_split_nl(line)[0])
         if not m:
             continue
-        span = _shell_value_span(m.group("rest"))
-        if span is None:
-            raise CmdlineError(
-                f"cannot edit {m.group('var')} in /etc/default/grub line {idx + 1}: {line.strip()!r} is not a simple "
-                "quoted value (no command substitution, backslashes or unterminated quotes); simplify it first"
-            )
+        kind, value, start, end, quote = sh_assignment_value(m.group("rest"))
         off = m.start("rest")
-        found.append((idx, m.group("var"), off + span[0], off + span[1]))
+        found.append((idx, m.group("var"), kind, value, off + start, off + end, quote))
     return found
 
 
@@ -373,10 +539,11 @@ def _edit_value(value: str, args, remove, seen: set) -> str:
     """Change existing names and drop removed arguments in a shell variable's value, token by token.
 
     Untouched tokens and the spacing between them stay byte for byte; tokens holding ``$`` (shell references)
-    are never matched. New arguments are never added here (they go to the drop-in). ``seen`` carries the names
-    already given their value across the assignments, so a later duplicate is dropped.
+    are never matched. New arguments are never added here (they go to the drop-in), and occurrences of a
+    repeatable parameter are only ever removed, never rewritten. ``seen`` carries the last-wins names already
+    given their value across the assignments, so a later duplicate is dropped.
     """
-    wanted = {canonical_name(n): (n, v) for n, v in args}
+    wanted = {canonical_name(n): (n, v) for n, v in args if not repeatable(n)}
     drop_any = {canonical_name(n) for n, v in remove if v is None}
     drop_exact = {(canonical_name(n), v) for n, v in remove if v is not None}
     out = []
@@ -409,13 +576,27 @@ def _edit_value(value: str, args, remove, seen: set) -> str:
     return value
 
 
-def _parse_dropin(text: str | None) -> list[tuple[str, str | None]]:
+_DROPIN_RE = re.compile(r'GRUB_CMDLINE_LINUX_DEFAULT="\$GRUB_CMDLINE_LINUX_DEFAULT ?([^"$`\\]*)"[ \t]*')
+
+
+def _checked(pairs: list[tuple[str, str | None]], path: str) -> list[tuple[str, str | None]]:
+    """Arguments read back from a file this module owns pass the same checks as the request, or the file is
+    refused: nothing read from the host is written back unless it is exactly valid."""
+    for n, v in pairs:
+        try:
+            _validate.kernel_arg_named(path, render_arg(n, v))
+        except _validate.InvalidValue as exc:
+            raise CmdlineError(f"{exc}; the file was changed by hand: fix or remove it") from None
+    return pairs
+
+
+def _parse_dropin(text: str | None, path: str = "drop-in") -> list[tuple[str, str | None]]:
     if not text:
         return []
-    for line in text.splitlines():
-        m = re.match(r'^GRUB_CMDLINE_LINUX_DEFAULT="\$GRUB_CMDLINE_LINUX_DEFAULT ?(.*)"\s*$', line)
+    for line in text.split("\n"):
+        m = _DROPIN_RE.fullmatch(line)
         if m:
-            return parse_cmdline(m.group(1))
+            return _checked(parse_cmdline(m.group(1)), path)
     return []
 
 
@@ -446,19 +627,27 @@ def plan_grub(
     grub_cfg: str = "/boot/grub/grub.cfg",
     regen: list[str] | None = None,
 ) -> Plan:
+    """/etc/default/grub is edited only where an argument already there must change or go, and only on a line
+    whose value is a plain word list (see :func:`sh_assignment_value`); every new argument goes to the drop-in.
+    A line sh reads differently from its text is never rewritten: it is left alone when it needs no edit, and
+    the plan is refused, naming the line, when it would."""
     plan = Plan("grub")
     main_path = rooted(root, "/etc/default/grub")
     dropin_dir = rooted(root, "/etc/default/grub.d")
     dropin_path = os.path.join(dropin_dir, f"{name}.cfg")
-    main = read_text(main_path)
+    main = read_text(main_path, "GRUB configuration file")
     if main is None:
         raise CmdlineError(f"{main_path} does not exist: this host does not use Debian's GRUB configuration")
     # Arguments in other drop-ins cannot be edited by this module: refuse to pretend.
     others = []
     if os.path.isdir(dropin_dir):
-        for fn in sorted(os.listdir(dropin_dir)):
+        try:
+            names = sorted(os.listdir(dropin_dir))
+        except OSError as exc:
+            raise CmdlineError(f"{dropin_dir}: cannot list it: {exc.strerror or exc}") from None
+        for fn in names:
             if fn.endswith(".cfg") and fn != f"{name}.cfg":
-                others.append((fn, read_text(os.path.join(dropin_dir, fn)) or ""))
+                others.append((fn, read_text(os.path.join(dropin_dir, fn), "GRUB drop-in") or ""))
     for fn, text in others:
         code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
         toks = {canonical_name(_token_pair(t)[0]) for t in re.split(r"[\s\"']+", code) if t}
@@ -469,30 +658,55 @@ def plan_grub(
                     "remove it there by hand (or with ansible.builtin.lineinfile)"
                 )
 
-    # 1. Edit /etc/default/grub surgically: only existing names to change and arguments to remove.
-    lines = main.splitlines(True)
+    # 1. Edit /etc/default/grub surgically: only existing names to change and arguments to remove, and only on
+    #    plain lines.
+    lines = _lines(main)
     seen: set = set()
-    for idx, _var, start, end in _grub_assignments(main):
-        line = lines[idx]
-        head = line.rstrip("\n")
-        value = head[start:end]
+    for idx, var, kind, value, start, end, quote in _grub_assignments(main):
+        head, nl = _split_nl(lines[idx])
+        where = f"{main_path} line {idx + 1} ({_validate.shown(head.strip())})"
+        if kind == "opaque":
+            if remove:
+                raise CmdlineError(
+                    f"{where}: sh computes the value of {var} there (command substitution, variables, a value "
+                    "continued on the next line, or a command after the value), so this module cannot tell "
+                    f"whether it holds {', '.join(render_arg(n, v) for n, v in remove)}; make it a plain quoted "
+                    "list of arguments first"
+                )
+            plan.notes.append(f"{where}: left alone, sh computes its value; new arguments go to the drop-in")
+            continue
         new_value = _edit_value(value, args, remove, seen)
-        if new_value != value:
-            lines[idx] = head[:start] + new_value + head[end:] + line[len(head) :]
+        if new_value == value:
+            continue
+        if kind != "plain":
+            raise CmdlineError(
+                f"{where}: this change would edit {var} there, but its value is spelled with sh escapes or "
+                "concatenated quotes, which this module does not rewrite; edit that line by hand"
+            )
+        text = f'"{new_value}"' if quote == "" else new_value  # an edited unquoted word gets quotes
+        lines[idx] = head[:start] + text + head[end:] + nl
     new_main = "".join(lines)
     base_tokens = []
-    for idx, _var, start, end in _grub_assignments(new_main):
-        head = new_main.splitlines(True)[idx].rstrip("\n")
-        base_tokens += [_token_pair(t) for t in head[start:end].split() if "$" not in t]
-    base_names = {canonical_name(n): v for n, v in base_tokens}
+    for _idx, _var, kind, value, _start, _end, _quote in _grub_assignments(new_main):
+        if kind == "plain":
+            base_tokens += [_token_pair(t) for t in value.split() if "$" not in t]
+        elif kind == "known":
+            base_tokens += parse_cmdline(value)
+    base_last = {canonical_name(n): v for n, v in base_tokens}
+    base_all = {(canonical_name(n), v) for n, v in base_tokens}
 
     # 2. The drop-in carries the arguments /etc/default/grub does not have (earlier runs' arguments stay).
-    dropin = read_text(dropin_path)
-    existing = _parse_dropin(dropin)
-    want = apply_cmdline(existing, args, remove)
-    want = [(n, v) for n, v in want if base_names.get(canonical_name(n), object()) != v]
+    dropin = read_text(dropin_path, "GRUB drop-in")
+    existing = _parse_dropin(dropin, dropin_path)
+    want = [
+        (n, v)
+        for n, v in apply_cmdline(existing, args, remove)
+        if not (
+            (canonical_name(n), v) in base_all if repeatable(n) else base_last.get(canonical_name(n), object()) == v
+        )
+    ]
     new_dropin = _render_dropin(want) if want else None
-    if dropin is not None and new_dropin is not None and _parse_dropin(dropin) == want and MARKER in dropin:
+    if dropin is not None and new_dropin is not None and existing == want and MARKER in dropin:
         new_dropin = dropin
 
     if new_main != main:
@@ -500,7 +714,8 @@ def plan_grub(
     if new_dropin != dropin:
         plan.files.append((dropin_path, dropin, new_dropin))
 
-    cfg = grub_cfg_cmdline(read_text(rooted(root, grub_cfg)))
+    cfg_path = rooted(root, grub_cfg)
+    cfg = grub_cfg_cmdline(read_lenient(cfg_path))
     plan.cmdline_before = cfg if cfg is not None else base_tokens + existing
     plan.cmdline_after = apply_cmdline(plan.cmdline_before, args, remove)
     stale = cfg is not None and not satisfied(cfg, args, remove)
@@ -508,8 +723,7 @@ def plan_grub(
         plan.commands.append(regen or ["update-grub"])
         if stale and not plan.files:
             plan.notes.append(f"{grub_cfg} does not match the configuration yet: regenerating it")
-    cfg_path = rooted(root, grub_cfg)
-    plan.verify = lambda: [grub_cfg_cmdline(read_text(cfg_path)) or []] if os.path.exists(cfg_path) else []
+    plan.verify = lambda: [grub_cfg_cmdline(read_lenient(cfg_path)) or []] if os.path.exists(cfg_path) else []
     return plan
 
 
@@ -543,6 +757,18 @@ def plan_grubby(run, args, remove, grubby: str = "grubby") -> Plan:
     add, drop = set(), set()
     for e in entries:
         cur = parse_cmdline(e["args"])
+        kept = apply_cmdline(cur, [], remove)
+        for n, v in args:
+            others = [w for c, w in kept if canonical_name(c) == canonical_name(n) and w != v]
+            if repeatable(n) and others and (canonical_name(n), v) not in {(canonical_name(c), w) for c, w in cur}:
+                # grubby --args=name=value rewrites the first name= it finds (grubby-bls update_args): it would
+                # replace the other occurrence instead of adding this one.
+                raise CmdlineError(
+                    f"{render_arg(n, v)}: the entry {e['kernel']} already has "
+                    f"{', '.join(render_arg(n, w) for w in others)}, and grubby keeps one value per name, so it "
+                    f"would replace that occurrence; {canonical_name(n)}= is repeatable (every occurrence counts). "
+                    "Add it by hand (edit the BLS entries' options) or list the other occurrence in remove"
+                )
         new = apply_cmdline(cur, args, remove)
         plan.entries.append({"kernel": e["kernel"], "before": e["args"], "after": render_cmdline(new)})
         if new != cur:
@@ -575,9 +801,9 @@ def plan_grubby(run, args, remove, grubby: str = "grubby") -> Plan:
 
 def _plan_kernel_cmdline_file(plan: Plan, root: str, proc_root: str, args, remove) -> None:
     path = rooted(root, "/etc/kernel/cmdline")
-    before = read_text(path)
+    before = read_text(path, "kernel command line file")
     if before is None:
-        running = read_text(os.path.join(proc_root, "cmdline")) or ""
+        running = read_lenient(os.path.join(proc_root, "cmdline")) or ""
         base = [(n, v) for n, v in parse_cmdline(running) if n not in ("BOOT_IMAGE", "initrd")]
         plan.notes.append(f"{path} did not exist: it starts from the running kernel's command line")
     else:
@@ -595,7 +821,10 @@ def plan_systemd_boot(root: str, proc_root: str, args, remove, kernel_install: s
     plan = Plan("systemd-boot")
     _plan_kernel_cmdline_file(plan, root, proc_root, args, remove)
     if plan.files:
-        kernels = installed_kernels(root)
+        try:
+            kernels = installed_kernels(root)  # release names only: each is passed to kernel-install
+        except InitramfsError as exc:
+            raise CmdlineError(str(exc)) from None
         if not kernels:
             raise CmdlineError(f"no installed kernel found under {rooted(root, '/lib/modules')} to regenerate")
         for ver in kernels:
@@ -671,11 +900,15 @@ def _parse_toml_kargs(text: str | None) -> list[tuple[str, str | None]]:
     return [_token_pair(s) for s in re.findall(r'"([^"]*)"', m.group(1))]
 
 
+def _read_toml_kargs(path: str) -> tuple[str | None, list[tuple[str, str | None]]]:
+    text = read_text(path, "bootc kargs.d file")
+    return text, _checked(_parse_toml_kargs(text), path)
+
+
 def plan_bootc(root: str, args, remove, name: str) -> Plan:
     plan = Plan("bootc")
     path = rooted(root, f"/usr/lib/bootc/kargs.d/{name}.toml")
-    before = read_text(path)
-    cur = _parse_toml_kargs(before)
+    before, cur = _read_toml_kargs(path)
     new = apply_cmdline(cur, args, remove)
     plan.cmdline_before, plan.cmdline_after = cur, new
     after = _render_toml(new) if new else None
@@ -683,7 +916,7 @@ def plan_bootc(root: str, args, remove, name: str) -> Plan:
         after = before
     if after != before:
         plan.files.append((path, before, after))
-    plan.verify = lambda: [_parse_toml_kargs(read_text(path))]
+    plan.verify = lambda: [_read_toml_kargs(path)[1]]
     return plan
 
 

@@ -277,3 +277,46 @@ def vfio_group_mode(field: str, value) -> str:
         "any local user drive the device's DMA)",
         4,
     )
+
+
+# -- boot configuration (part B)
+# Used by kernel_cmdline and initramfs. Each wraps or complements the rules above without changing them.
+_KARG_NAME_CHAR_RE = re.compile(r"[A-Za-z0-9_.-]")
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+
+
+def kernel_arg_named(field: str, value) -> tuple:
+    """:func:`kernel_arg`, and a refusal for the parameter name names the first character that is not allowed.
+
+    ``kernel_arg`` names the offending character of a value; a name such as ``a;reboot`` or ``a b`` is refused
+    by it too, and here the message also says which character (``';'``, ``' '``) made it invalid.
+    """
+    try:
+        return kernel_arg(field, value)
+    except InvalidValue:
+        if isinstance(value, str) and len(value) <= MAX_TEXT and not _CONTROL_RE.search(value):
+            name = value.partition("=")[0]
+            bad = next((ch for ch in name if not _KARG_NAME_CHAR_RE.fullmatch(ch)), None)
+            if bad is not None:
+                raise InvalidValue(
+                    f"{field}: {shown(value)} contains the character {bad!r} in its parameter name, which GRUB's "
+                    "or sh's quoting would not carry unchanged; a name is letters, digits, _ . - "
+                    "(for example intel_iommu=on or vfio-pci.ids=10de:1b80)"
+                ) from None
+        raise
+
+
+def file_name(field: str, value) -> str:
+    """A plain file name this collection creates (no '/', no leading '.', no whitespace): ``hostdev-vfio``."""
+    return _pattern(
+        field, value, FILE_NAME_RE, "a plain file name (1-64 of A-Z a-z 0-9 _ . + -, not starting with '.')", 64
+    )
+
+
+def path_text(field: str, value) -> str:
+    """A path option (``root``, ``proc_root``): no control character (a NUL would crash the OS calls), at most
+    1024 characters, absolute."""
+    text(field, value, max_len=1024)
+    if not value.startswith("/"):
+        raise InvalidValue(f"{field}: {shown(value)} must be an absolute path")
+    return value

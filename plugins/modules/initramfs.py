@@ -38,6 +38,7 @@ options:
   modules:
     description:
       - Kernel modules to put into (or, with O(state=absent), take out of) the configuration.
+      - Each is a module name (1-64 letters, digits, C(_) or C(-)), checked before anything is read or run.
     type: list
     elements: str
     required: true
@@ -67,6 +68,9 @@ options:
     description:
       - Kernel versions whose images are regenerated and verified. By default every version with a directory under
         C(/lib/modules) and a kernel image (C(/boot/vmlinuz-VERSION) or C(/lib/modules/VERSION/vmlinuz)).
+      - Each is a kernel release as C(uname -r) prints it (a letter or digit, then letters, digits and
+        C(. _ + ~ -), at most 128 characters), checked before any command runs - a path (C(../x)), a newline or a
+        space is refused. Directory names under C(/lib/modules) that are not such a release are ignored.
     type: list
     elements: str
   verify_files:
@@ -184,10 +188,12 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import (
     InitramfsError,
     detect_backend,
     plan_initramfs,
+    validate_request,
     verify,
 )
 
@@ -199,15 +205,28 @@ _TOOLS = {
 
 
 def _write(module, path, text):
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    module.atomic_move(tmp, path)
+    """Write ``text`` to ``path`` through a temp file and atomic_move, keeping the file's mode; any failure is a
+    fail_json naming the path (ansible-core 2.19's atomic_move raises a plain Exception on a read-only target)."""
+    tmp = None
+    try:
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        module.atomic_move(tmp, path)
+        tmp = None
+    except Exception as exc:  # OSError from the steps above, a plain Exception from atomic_move
+        error = f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
+    else:
+        return
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    module.fail_json(msg=error)
 
 
 def main():
@@ -226,11 +245,15 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if not p["name"] or "/" in p["name"] or p["name"].startswith(".") or any(c.isspace() for c in p["name"]):
-        module.fail_json(msg=f"name {p['name']!r} must be a plain file name without '/' or whitespace")
-    for f in p["verify_files"]:
-        if not f.startswith("/"):
-            module.fail_json(msg=f"verify_files: {f!r} must be an absolute path")
+    # Every value is checked before any file is read and before any command runs.
+    try:
+        validate_request(p["modules"], p["kernel_versions"])
+        _validate.file_name("name", p["name"])
+        _validate.path_text("root", p["root"])
+        for index, f in enumerate(p["verify_files"]):
+            _validate.path_text(f"verify_files[{index}]", f)
+    except (InitramfsError, _validate.InvalidValue) as e:
+        module.fail_json(msg=str(e))
     backend = p["backend"]
     if backend == "auto":
         backend = detect_backend(p["root"], module.get_bin_path)
@@ -290,7 +313,10 @@ def main():
 
     if plan.config_changed:
         if plan.config_after is None:
-            os.unlink(plan.config_path)
+            try:
+                os.unlink(plan.config_path)
+            except OSError as e:
+                module.fail_json(msg=f"cannot remove {plan.config_path}: {e.strerror or e}", **result())
         else:
             _write(module, plan.config_path, plan.config_after)
     for argv in plan.commands:

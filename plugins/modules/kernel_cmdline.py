@@ -44,7 +44,19 @@ options:
   args:
     description:
       - Kernel arguments that must be present, one per item, as C(name=value) or a bare C(name).
-      - Values cannot contain whitespace, quotes, backslashes, C($) or backticks.
+      - "Every item is checked before any file is read or any command runs. A name is letters, digits, C(_),
+        C(.) and C(-). A value is letters, digits and C(_ . , : + / = @ % ^ ~ ! * -) - whitespace, quotes,
+        backslashes, C($), backticks, C(;), C(|), control characters (newline, NUL) and values over 4096
+        characters are refused, with the offending character named, because GRUB's or sh's quoting would not
+        carry them unchanged."
+      - "Repeatable parameters, which the kernel (or early userspace) acts on at every occurrence - C(console),
+        C(iommu), C(pci), C(acpi_osi), C(memmap), C(hugepagesz), C(hugepages), C(crashkernel), C(reserve),
+        C(video), C(netdev), C(ether), C(initcall_blacklist), C(modprobe.blacklist), C(ip) and dracut's
+        C(rd.driver.*), C(rd.luks.uuid), C(rd.luks.name), C(rd.lvm.lv), C(rd.md.uuid) - are added when that exact
+        occurrence is missing; their other occurrences stay (C(iommu=1 iommu=pt) keeps both). Every other
+        parameter gets exactly the given value (the kernel uses the last occurrence)."
+      - With V(grubby), which keeps one value per name, adding a repeatable parameter that already has another
+        occurrence fails before changing anything (list that occurrence in O(remove) to replace it).
     type: list
     elements: str
     default: []
@@ -55,6 +67,12 @@ options:
       - With V(grub), an argument set in C(/etc/default/grub) is removed from its C(GRUB_CMDLINE_LINUX) or
         C(GRUB_CMDLINE_LINUX_DEFAULT) line in place (every other byte of the file stays). The module fails,
         before changing anything, when the argument comes from another file in C(/etc/default/grub.d/).
+      - "With V(grub), only a line whose value is a plain word list (one double-quoted string without
+        backslashes or backticks, one single-quoted string, or one unquoted word) is ever edited. A line that sh
+        reads differently from its text - escapes such as C(acpi_osi=\\\"!Windows 2012\\\"), command
+        substitution, or a command after the value such as C(GRUB_CMDLINE_LINUX=a;b) - is left alone when it
+        needs no edit (new arguments go to the drop-in); when it would need one the module fails before
+        changing anything and names the line."
       - With V(bootc), only arguments of this module's own C(kargs.d) file can be removed.
     type: list
     elements: str
@@ -210,10 +228,11 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import (
     CmdlineError,
-    canonical_name,
     check_values,
+    conflicts,
     detect_backend,
     file_diff,
     missing_and_present,
@@ -225,21 +244,41 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline impor
     plan_proxmox,
     plan_rpm_ostree,
     plan_systemd_boot,
-    read_text,
+    read_lenient,
     render_cmdline,
     satisfied,
 )
 
 
 def _write(module, path, text):
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    module.atomic_move(tmp, path)
+    """Write ``text`` to ``path`` through a temp file and atomic_move; any failure is a fail_json naming the path
+    (ansible-core 2.19's atomic_move raises a plain Exception on a read-only target)."""
+    tmp = None
+    try:
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        module.atomic_move(tmp, path)
+        tmp = None
+    except Exception as exc:  # OSError from the steps above, a plain Exception from atomic_move
+        error = f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
+    else:
+        return
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    module.fail_json(msg=error)
+
+
+def _remove(module, path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        module.fail_json(msg=f"cannot remove {path}: {exc.strerror or exc}")
 
 
 def _plan(module, backend, args, remove):
@@ -286,16 +325,18 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    # Every value is checked before any file is read and before any command (detection included) runs.
     try:
         args = parse_request(p["args"], "args")
         remove = parse_request(p["remove"], "remove")
-    except CmdlineError as e:
+        _validate.file_name("name", p["name"])
+        _validate.path_text("root", p["root"])
+        _validate.path_text("proc_root", p["proc_root"])
+    except (CmdlineError, _validate.InvalidValue) as e:
         module.fail_json(msg=str(e))
-    if not p["name"] or "/" in p["name"] or p["name"].startswith("."):
-        module.fail_json(msg=f"name {p['name']!r} must be a plain file name without '/'")
-    both = {canonical_name(a[0]) for a in args} & {canonical_name(r[0]) for r in remove}
+    both = conflicts(args, remove)
     if both:
-        module.fail_json(msg=f"these parameters are both in args and in remove: {', '.join(sorted(both))}")
+        module.fail_json(msg=f"these parameters are both in args and in remove: {', '.join(both)}")
     if not p["allow_unknown_values"]:
         problems = check_values(args)
         if problems:
@@ -315,10 +356,10 @@ def main():
 
     try:
         plan = _plan(module, backend, args, remove)
+        running = parse_cmdline(read_lenient(os.path.join(p["proc_root"], "cmdline")) or "")
     except CmdlineError as e:
         module.fail_json(msg=str(e), backend=backend)
 
-    running = parse_cmdline(read_text(os.path.join(p["proc_root"], "cmdline")) or "")
     missing, unwanted = missing_and_present(running, args, remove)
     diff = [
         {
@@ -348,7 +389,7 @@ def main():
 
     for path, _before, after in plan.files:
         if after is None:
-            os.unlink(path)
+            _remove(module, path)
         else:
             _write(module, path, after)
     for argv in plan.commands:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -65,9 +66,39 @@ def test_apply_keeps_unrelated_in_order_and_is_idempotent(current, add):
 
 
 def test_apply_replaces_in_place_appends_and_removes():
-    cur = parse_cmdline("ro quiet iommu=soft vfio_pci.ids=1 splash iommu=nopt -- init")
-    new = apply_cmdline(cur, [("iommu", "pt"), ("vfio-pci.ids", "2"), ("hostdev_vfio_test", "1")], [("quiet", None)])
-    assert render_cmdline(new) == "ro iommu=pt vfio_pci.ids=2 splash hostdev_vfio_test=1 -- init"
+    cur = parse_cmdline("ro quiet iommu.strict=0 vfio_pci.ids=1 splash iommu.strict=1 -- init")
+    new = apply_cmdline(
+        cur, [("iommu.strict", "1"), ("vfio-pci.ids", "2"), ("hostdev_vfio_test", "1")], [("quiet", None)]
+    )
+    assert render_cmdline(new) == "ro iommu.strict=1 vfio_pci.ids=2 splash hostdev_vfio_test=1 -- init"
+
+
+@pytest.mark.parametrize(
+    ("current", "args", "remove", "expected"),
+    [
+        # x86 acts on every iommu= occurrence: asking for iommu=pt must not lose iommu=1 (issue 18)
+        ("iommu=1 quiet iommu=pt", [("iommu", "pt")], [], "iommu=1 quiet iommu=pt"),
+        ("iommu=1 quiet", [("iommu", "pt")], [], "iommu=1 quiet iommu=pt"),
+        ("iommu=1 quiet iommu=pt", [], [("iommu", "1")], "quiet iommu=pt"),
+        ("iommu=1 quiet iommu=pt", [], [("iommu", None)], "quiet"),
+        # two consoles: the last one is /dev/console; both stay, in order
+        (
+            "console=tty0 ro",
+            [("console", "tty0"), ("console", "ttyS0,115200")],
+            [],
+            "console=tty0 ro console=ttyS0,115200",
+        ),
+        ("console=ttyS0 ro", [("console", "tty0")], [("console", "ttyS0")], "ro console=tty0"),
+        # a last-wins parameter keeps the kernel's reading: one value, set in place
+        ("intel_iommu=off ro intel_iommu=igfx_off", [("intel_iommu", "on")], [], "intel_iommu=on ro"),
+    ],
+)
+def test_repeatable_parameters_keep_every_occurrence(current, args, remove, expected):
+    new = apply_cmdline(parse_cmdline(current), args, remove)
+    assert render_cmdline(new) == expected
+    assert satisfied(new, args, remove)
+    assert apply_cmdline(new, args, remove) == new
+    assert kc.missing_and_present(new, args, remove) == ([], [])
 
 
 def test_apply_remove_by_value_only_drops_that_value():
@@ -79,17 +110,29 @@ def test_apply_remove_by_value_only_drops_that_value():
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ("a b", "not one argument"),
-        ("", "empty entry"),
-        ("foo=$(reboot)", "cannot be written safely"),
-        ('foo="a b"', "cannot be written safely"),
-        ("fo/o=1", "not valid"),
-        ("--", "not valid"),
+        ("a b", "the character ' '"),
+        ("iommu=pt quiet", "the character ' '"),
+        ("", "must not be empty"),
+        ("foo=$(reboot)", "the character '$'"),
+        ('foo="a b"', "the character '\"'"),
+        ("foo='a'", 'the character "\'"'),
+        ("foo=a;reboot", "the character ';'"),
+        ("foo;reboot", "the character ';'"),
+        ("foo=a|reboot", "the character '|'"),
+        ("foo=`reboot`", "the character '`'"),
+        ("foo=a\\b", "the character '\\\\'"),
+        ("foo=a\x00b", "control character '\\x00'"),
+        ("foo=a\nreboot", "control character '\\n'"),
+        ("foo=a\tb", "control character '\\t'"),
+        ("fo/o=1", "the character '/'"),
+        ("--", "no valid parameter name"),
+        ("x=" + "a" * 100_000, "longer than 4096"),
     ],
 )
 def test_parse_request_refuses(item, message):
-    with pytest.raises(CmdlineError, match=message):
+    with pytest.raises(CmdlineError, match=re.escape(message)) as exc:
         parse_request([item], "args")
+    assert "args[0]" in str(exc.value)
 
 
 @pytest.mark.parametrize(
@@ -240,10 +283,14 @@ def test_grub_regenerates_a_stale_grub_cfg(grub_root):
     assert plan.files == [] and plan.commands == [["update-grub"]] and plan.notes
 
 
-def test_grub_refuses_unparseable_assignment(grub_root):
-    (grub_root / "etc/default/grub").write_text('GRUB_CMDLINE_LINUX="$(cat /x)"\n')
-    with pytest.raises(CmdlineError, match="not a simple"):
-        kc.plan_grub(str(grub_root), [("iommu", "pt")], [], "hostdev-vfio")
+def test_grub_leaves_a_computed_assignment_alone_and_refuses_to_remove_from_it(grub_root):
+    text = 'GRUB_CMDLINE_LINUX="$(cat /x)"\n'
+    (grub_root / "etc/default/grub").write_text(text)
+    plan = kc.plan_grub(str(grub_root), [("iommu", "pt")], [], "hostdev-vfio")
+    assert [f[0] for f in plan.files] == [str(grub_root / "etc/default/grub.d/hostdev-vfio.cfg")]
+    assert any("line 1" in note for note in plan.notes)
+    with pytest.raises(CmdlineError, match=r"line 1 .*cannot tell whether it holds quiet"):
+        kc.plan_grub(str(grub_root), [], [("quiet", None)], "hostdev-vfio")
 
 
 def test_grub_without_etc_default_grub(tmp_path):
@@ -281,16 +328,25 @@ class FakeGrubby:
 
 
 def test_grubby_updates_all_entries_and_is_idempotent():
-    fake = FakeGrubby({"/boot/vmlinuz-6.8": "ro rhgb quiet iommu=soft", "/boot/vmlinuz-6.7": "ro rhgb"})
-    plan = kc.plan_grubby(fake, [("iommu", "pt"), ("intel_iommu", "on")], [("rhgb", None)])
+    fake = FakeGrubby({"/boot/vmlinuz-6.8": "ro rhgb quiet iommu.strict=0", "/boot/vmlinuz-6.7": "ro rhgb"})
+    want = [("iommu.strict", "1"), ("intel_iommu", "on")]
+    plan = kc.plan_grubby(fake, want, [("rhgb", None)])
     assert plan.commands == [
-        ["grubby", "--update-kernel=ALL", "--remove-args=iommu=soft rhgb", "--args=intel_iommu=on iommu=pt"]
+        [
+            "grubby",
+            "--update-kernel=ALL",
+            "--remove-args=iommu.strict=0 rhgb",
+            "--args=intel_iommu=on iommu.strict=1",
+        ]
     ]
-    assert [e["after"] for e in plan.entries] == ["ro quiet iommu=pt intel_iommu=on", "ro iommu=pt intel_iommu=on"]
+    assert [e["after"] for e in plan.entries] == [
+        "ro quiet iommu.strict=1 intel_iommu=on",
+        "ro iommu.strict=1 intel_iommu=on",
+    ]
     for argv in plan.commands:
         fake(argv)
-    assert all(satisfied(c, [("iommu", "pt"), ("intel_iommu", "on")], [("rhgb", None)]) for c in plan.verify())
-    assert not kc.plan_grubby(fake, [("iommu", "pt"), ("intel_iommu", "on")], [("rhgb", None)]).changed
+    assert all(satisfied(c, want, [("rhgb", None)]) for c in plan.verify())
+    assert not kc.plan_grubby(fake, want, [("rhgb", None)]).changed
 
 
 def test_grubby_failure_is_reported():
@@ -318,21 +374,22 @@ class FakeOstree:
 
 
 def test_rpm_ostree_append_replace_delete_idempotent():
-    fake = FakeOstree("rw root=UUID=1 iommu=soft quiet")
-    plan = kc.plan_rpm_ostree(fake, [("iommu", "pt"), ("intel_iommu", "on")], [("quiet", None)])
+    fake = FakeOstree("rw root=UUID=1 iommu.strict=0 quiet")
+    want = [("iommu.strict", "1"), ("intel_iommu", "on")]
+    plan = kc.plan_rpm_ostree(fake, want, [("quiet", None)])
     assert plan.commands == [
         [
             "rpm-ostree",
             "kargs",
-            "--delete-if-present=iommu=soft",
+            "--delete-if-present=iommu.strict=0",
             "--delete-if-present=quiet",
-            "--append-if-missing=iommu=pt",
+            "--append-if-missing=iommu.strict=1",
             "--append-if-missing=intel_iommu=on",
         ]
     ]
     fake(plan.commands[0])
-    assert fake.kargs == "rw root=UUID=1 iommu=pt intel_iommu=on"
-    assert not kc.plan_rpm_ostree(fake, [("iommu", "pt"), ("intel_iommu", "on")], [("quiet", None)]).changed
+    assert fake.kargs == "rw root=UUID=1 iommu.strict=1 intel_iommu=on"
+    assert not kc.plan_rpm_ostree(fake, want, [("quiet", None)]).changed
 
 
 def test_systemd_boot_writes_kernel_cmdline_and_runs_kernel_install(tmp_path):
@@ -437,7 +494,7 @@ def test_detect_backend_order(tmp_path):
 _other_line = st.from_regex(r"(#[ -~]{0,20}|GRUB_[A-Z]{1,8}=[a-z0-9]{0,6}|)", fullmatch=True)
 
 
-@given(st.lists(_other_line, max_size=6), st.lists(_other_line, max_size=6), st.sampled_from(["soft", "pt", "nopt"]))
+@given(st.lists(_other_line, max_size=6), st.lists(_other_line, max_size=6), st.sampled_from(["0", "1", "lazy"]))
 def test_grub_surgical_edit_touches_only_the_argument(head, tail, old):
     import tempfile
     from pathlib import Path
@@ -445,11 +502,151 @@ def test_grub_surgical_edit_touches_only_the_argument(head, tail, old):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         (root / "etc/default").mkdir(parents=True)
-        cmd_line = f'GRUB_CMDLINE_LINUX="console=ttyS0  iommu={old} quiet"'
+        cmd_line = f'GRUB_CMDLINE_LINUX="console=ttyS0  iommu.strict={old} quiet"'
         text = "".join(ln + "\n" for ln in [*head, cmd_line, *tail])
         (root / "etc/default/grub").write_text(text)
-        plan = kc.plan_grub(str(root), [("iommu", "pt")], [("quiet", None)], "hostdev-vfio")
+        plan = kc.plan_grub(str(root), [("iommu.strict", "1")], [("quiet", None)], "hostdev-vfio")
         main = [f for f in plan.files if f[0].endswith("/etc/default/grub")]
-        expected = text.replace(cmd_line, 'GRUB_CMDLINE_LINUX="console=ttyS0  iommu=pt"')
+        expected = text.replace(cmd_line, 'GRUB_CMDLINE_LINUX="console=ttyS0  iommu.strict=1"')
         assert main[0][2] == expected
         assert [f for f in plan.files if f[0].endswith(".cfg")] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# /etc/default/grub lines as sh reads them (issue 18): classification, in-place edits checked by sourcing with sh
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("rest", "kind", "value"),
+    [
+        ('"quiet splash"', "plain", "quiet splash"),
+        ('"quiet"   # from the installer', "plain", "quiet"),
+        ("'quiet splash'", "plain", "quiet splash"),
+        ("quiet", "plain", "quiet"),
+        ("", "plain", ""),
+        ('"$GRUB_CMDLINE_LINUX_DEFAULT quiet"', "plain", "$GRUB_CMDLINE_LINUX_DEFAULT quiet"),
+        ('"quiet acpi_osi=\\"!Windows 2012\\""', "known", 'quiet acpi_osi="!Windows 2012"'),
+        ("\"quiet\"' splash'", "known", "quiet splash"),
+        ("quiet\\ splash", "known", "quiet splash"),
+        ("'acpi_osi=\"Linux\"'", "known", 'acpi_osi="Linux"'),
+        ('"quiet"\r', "known", "quiet\r"),
+        ("a;b", "opaque", None),
+        ("a b", "opaque", None),
+        ("a|b", "opaque", None),
+        ("a&&b", "opaque", None),
+        ('"quiet";reboot', "opaque", None),
+        ('"$(cat /x)"', "opaque", None),
+        ('"`cat /x`"', "opaque", None),
+        ("$X", "opaque", None),
+        ("~root", "opaque", None),
+        ('"quiet', "opaque", None),
+        ("quiet\\", "opaque", None),
+        ('"${X:-quiet}"', "opaque", None),
+    ],
+)
+def test_sh_assignment_value(rest, kind, value):
+    got = kc.sh_assignment_value(rest)
+    assert got[:2] == (kind, value)
+    if kind != "opaque":  # sh agrees on the value
+        out = subprocess.run(
+            ["/bin/sh", "-c", f'V={rest}\nprintf %s "$V"'], capture_output=True, check=True
+        ).stdout.decode()
+        assert out == value.replace("$GRUB_CMDLINE_LINUX_DEFAULT", "")
+
+
+@pytest.mark.parametrize(
+    ("line", "args", "remove", "expected", "sh_reads"),
+    [
+        (
+            "GRUB_CMDLINE_LINUX=iommu.strict=0",
+            [("iommu.strict", "1")],
+            [],
+            'GRUB_CMDLINE_LINUX="iommu.strict=1"',
+            "iommu.strict=1",
+        ),
+        ("GRUB_CMDLINE_LINUX=quiet", [], [("quiet", None)], 'GRUB_CMDLINE_LINUX=""', ""),
+        (
+            "export GRUB_CMDLINE_LINUX='quiet splash'  # installer",
+            [],
+            [("quiet", None)],
+            "export GRUB_CMDLINE_LINUX='splash'  # installer",
+            "splash",
+        ),
+        (
+            'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX quiet"',
+            [],
+            [("quiet", None)],
+            'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX"',
+            "",
+        ),
+        (
+            'GRUB_CMDLINE_LINUX="iommu=1 quiet iommu=pt"',
+            [("iommu", "pt")],
+            [("quiet", None)],
+            'GRUB_CMDLINE_LINUX="iommu=1 iommu=pt"',
+            "iommu=1 iommu=pt",
+        ),
+    ],
+)
+def test_grub_edits_plain_lines_in_place_as_sh_reads_them(tmp_path, line, args, remove, expected, sh_reads):
+    (tmp_path / "etc/default").mkdir(parents=True)
+    text = f"GRUB_TIMEOUT=5\n{line}\n# end\n"
+    (tmp_path / "etc/default/grub").write_text(text)
+    plan = kc.plan_grub(str(tmp_path), args, remove, "hostdev-vfio")
+    assert [f[0] for f in plan.files] == [str(tmp_path / "etc/default/grub")]
+    after = plan.files[0][2]
+    assert after == f"GRUB_TIMEOUT=5\n{expected}\n# end\n"
+    (tmp_path / "etc/default/grub").write_text(after)
+    res = subprocess.run(
+        ["/bin/sh", "-c", '. "$1"; printf %s "$GRUB_CMDLINE_LINUX"', "sh", str(tmp_path / "etc/default/grub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert res.stderr == "" and res.stdout == sh_reads
+
+
+def test_grub_refuses_to_edit_an_unquoted_line_with_a_command_after_it(tmp_path):
+    (tmp_path / "etc/default").mkdir(parents=True)
+    (tmp_path / "etc/default/grub").write_text("GRUB_CMDLINE_LINUX=quiet;reboot\n")
+    with pytest.raises(CmdlineError, match=r"line 1 \('GRUB_CMDLINE_LINUX=quiet;reboot'\)"):
+        kc.plan_grub(str(tmp_path), [], [("quiet", None)], "hostdev-vfio")
+    plan = kc.plan_grub(str(tmp_path), [("intel_iommu", "on")], [], "hostdev-vfio")
+    assert [f[0] for f in plan.files] == [str(tmp_path / "etc/default/grub.d/hostdev-vfio.cfg")]
+
+
+def test_grubby_refuses_to_add_a_repeatable_parameter_it_would_overwrite():
+    fake = FakeGrubby({"/boot/vmlinuz-6.8": "ro iommu=1 quiet"})
+    with pytest.raises(CmdlineError, match=r"iommu=pt: the entry /boot/vmlinuz-6.8 already has iommu=1"):
+        kc.plan_grubby(fake, [("iommu", "pt")], [])
+    assert fake.calls == [["grubby", "--info=ALL"]]
+    # removing the other occurrence in the same request is fine: grubby rewrites it to the wanted value
+    plan = kc.plan_grubby(fake, [("iommu", "pt")], [("iommu", "1")])
+    assert plan.commands == [["grubby", "--update-kernel=ALL", "--remove-args=iommu=1", "--args=iommu=pt"]]
+
+
+def test_systemd_boot_passes_only_kernel_releases_to_kernel_install(tmp_path):
+    (tmp_path / "etc/kernel").mkdir(parents=True)
+    (tmp_path / "etc/kernel/cmdline").write_text("root=UUID=1 rw\n")
+    for ver in ("6.8.0", "6.8.0\nreboot", "-h"):
+        (tmp_path / "lib/modules" / ver).mkdir(parents=True)
+        (tmp_path / "lib/modules" / ver / "vmlinuz").write_text("")
+    plan = kc.plan_systemd_boot(str(tmp_path), str(tmp_path / "proc"), [("iommu", "pt")], [])
+    assert [argv[2] for argv in plan.commands] == ["6.8.0"]
+
+
+@pytest.mark.parametrize(
+    ("rel", "data", "message"),
+    [
+        ("etc/kernel/cmdline", b"root=UUID=1 caf\xe9\n", "cmdline: is not UTF-8"),
+        ("etc/kernel/cmdline", b"root=UUID=1\x00\n", "holds NUL bytes"),
+        ("usr/lib/bootc/kargs.d/hostdev-vfio.toml", b'kargs = ["a;reboot"]\n', "'a;reboot' contains"),
+    ],
+)
+def test_unreadable_or_hand_edited_files_are_clean_errors(tmp_path, rel, data, message):
+    (tmp_path / rel).parent.mkdir(parents=True)
+    (tmp_path / rel).write_bytes(data)
+    with pytest.raises(CmdlineError, match=re.escape(message)):
+        if rel.startswith("usr/"):
+            kc.plan_bootc(str(tmp_path), [("iommu", "pt")], [], "hostdev-vfio")
+        else:
+            kc.plan_systemd_boot(str(tmp_path), str(tmp_path / "proc"), [("iommu", "pt")], [])
