@@ -1,0 +1,289 @@
+#!/usr/bin/python
+# Copyright: hostdev.vfio contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vmm_probe
+short_description: Ask the host's QEMU to take PCI functions on vfio-pci, the way a VM would
+version_added: 0.1.0
+description:
+  - The kernel's group status says whether a group should be usable; the VMM is the final judge. This module starts
+    the host's QEMU once per IOMMU group of the selected functions, paused (C(-S)) with no firmware run, no disk,
+    no network and no display (C(-nodefaults -display none)), a small RAM (O(memory_mib)) and one
+    C(-device vfio-pci,host=<address>) per selected function of the group - the way a VM takes them. Realizing the
+    devices opens the VFIO group, sets up the type1 container and maps the guest RAM. QEMU is then asked over
+    QMP on its stdio for C(query-pci), which lists each device (qdev id C(hostdevN)) with the ids QEMU read from
+    it, and told to quit.
+  - Per function the result says whether QEMU took it and, when not, QEMU's own error text (for example that the
+    group is not viable).
+  - B(Opening a VFIO device resets it.) So the module refuses, before anything starts, a function that is not on a
+    VFIO driver (bind it with M(hostdev.vfio.vfio_bind) first) and a function whose C(/dev/vfio/<group>) another
+    process holds open (a running guest). Probe devices that are set aside for VMs, not devices in use.
+  - QEMU runs with its RLIMIT_MEMLOCK raised (for QEMU only) to the guest RAM plus 1 GiB, because the type1
+    container pins all guest RAM; and under a wall-clock guard (O(timeout)) - a QEMU that gives no answer in time is
+    killed and its group reported as hung.
+  - Nothing persistent changes, so the result is never C(changed). In check mode QEMU is not started at all (not
+    even for its version); the result carries the planned command line per group.
+author:
+  - hostdev.vfio contributors (!UNKNOWN)
+options:
+  address:
+    description:
+      - PCI addresses to probe, full (V(0000:01:00.0)) or short (V(01:00.0), domain 0000).
+      - An entry may end in C(@vendor:device), for example V(01:00.0@10de:1b80); the module fails, starting nothing,
+        when the device at that address is not that vendor:device.
+    type: list
+    elements: str
+    default: []
+  ids:
+    description:
+      - Probe every function with these ids, V(vendor:device) or V(vendor:device:subvendor:subdevice), in hex.
+    type: list
+    elements: str
+    default: []
+  device_class:
+    description:
+      - Probe every function whose 6-digit class code starts with one of these hex prefixes (V(03), V(0300),
+        V(0c0330)).
+    type: list
+    elements: str
+    default: []
+  query:
+    description:
+      - A JMESPath expression over the data M(hostdev.vfio.iommu_facts) returns as C(ansible_facts.iommu). It
+        must return a list of addresses or of device dicts (with C(address)), for example
+        V(devices[?driver=='vfio-pci'].address).
+      - Needs the Python library jmespath on the managed host.
+      - All selectors add up (union), as in M(hostdev.vfio.vfio_bind).
+    type: str
+  qemu:
+    description:
+      - Absolute path of the QEMU binary. By default C(qemu-system-x86_64) (then C(qemu-kvm)) is looked up in
+        C(PATH) and the system binary directories, then C(/usr/libexec/qemu-kvm) (RHEL and its rebuilds).
+      - When none is found the module fails and names the package to install for the host's distribution family.
+    type: path
+  accel:
+    description:
+      - The accelerator QEMU uses. V(auto) takes V(kvm) when C(/dev/kvm) can be opened read-write, else V(tcg).
+      - The guest never runs a single instruction (it stays paused), so V(tcg) answers the same question.
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  memory_mib:
+    description:
+      - RAM of each probe VM in MiB (16 to 65536). All of it is mapped for DMA (pinned) while QEMU runs.
+    type: int
+    default: 64
+  timeout:
+    description:
+      - Seconds each QEMU may take from its start to its exit (1 to 3600). A QEMU still running then is killed
+        with SIGKILL and its group reported in RV(groups) with C(hung=true).
+      - A guard against a hung QEMU (for example a device that does not come back from its reset), not a measure
+        of speed; a probe takes about a second.
+    type: int
+    default: 60
+  sysfs_root:
+    description:
+      - Where sysfs is mounted. Any value other than V(/sys) (or a non-default O(proc_root)/O(dev_root)) is
+        allowed in check mode only - QEMU would take the real host's devices, not those of the copy.
+    type: path
+    default: /sys
+  proc_root:
+    description:
+      - Where procfs is mounted (open files, for the check that no process holds the group open).
+    type: path
+    default: /proc
+  dev_root:
+    description:
+      - Where device nodes live (C(vfio/<group>), C(kvm)).
+    type: path
+    default: /dev
+attributes:
+  check_mode:
+    support: full
+    description: Selects and checks the functions and returns the QEMU command line per group; starts nothing.
+  diff_mode:
+    support: none
+    description: Nothing persistent changes, so there is nothing to show as a diff.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux x86_64 hosts with sysfs, VFIO and QEMU for x86_64 (the probe VM is a C(q35) machine).
+notes:
+  - Needs root (VFIO group nodes are root's, and the memlock limit may need raising).
+  - When to use it - on a host before VMs are scheduled onto it (a fleet check after M(hostdev.vfio.vfio_bind)),
+    and in the CI of a golden host image, where a real QEMU confirms what the kernel's viability rule predicts.
+  - C(kernel_viable) in RV(groups) is the kernel's rule read from sysfs before the probe, to compare with QEMU's
+    verdict.
+seealso:
+  - module: hostdev.vfio.vfio_bind
+  - module: hostdev.vfio.iommu_facts
+  - name: QEMU VFIO device assignment
+    description: QEMU's documentation of vfio-pci and its C(host) property.
+    link: https://www.qemu.org/docs/master/system/devices/vfio.html
+  - name: Kernel VFIO documentation
+    description: IOMMU groups, VFIO groups, containers and viability.
+    link: https://docs.kernel.org/driver-api/vfio.html
+"""
+
+EXAMPLES = r"""
+- name: Hand the NIC to vfio-pci
+  hostdev.vfio.vfio_bind:
+    address:
+      - 00:04.0@8086:10d3
+
+- name: Ask QEMU whether a VM can take it
+  hostdev.vfio.vmm_probe:
+    address:
+      - 00:04.0@8086:10d3
+  register: probe
+
+- name: Stop before scheduling VMs when QEMU refused a device
+  ansible.builtin.assert:
+    that: probe.functions | rejectattr('taken') | list == []
+    fail_msg: "{{ probe.functions | rejectattr('taken') | map(attribute='error') | list }}"
+
+- name: Every function on vfio-pci, chosen with a JMESPath query over the IOMMU facts
+  hostdev.vfio.vmm_probe:
+    query: "devices[?driver=='vfio-pci'].address"
+
+- name: Show the QEMU command lines without starting anything
+  hostdev.vfio.vmm_probe:
+    ids:
+      - 10de:1b80
+      - 10de:10f0
+  check_mode: true
+"""
+
+RETURN = r"""
+functions:
+  description:
+    - Per selected function, in selection order (address entries first, then the other matches in address order).
+    - C(taken) is true when C(query-pci) listed the function's qdev id; null in check mode.
+    - C(error) is QEMU's own error text when it refused (for the other functions of the same VM, the text says
+      which function QEMU stopped on), or why the module refused the function before starting anything.
+    - C(ids) are the ids read from sysfs, C(qemu_ids) those QEMU reported (null when not taken).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {"address": "0000:01:01.0", "group": 8, "ids": "8086:100e", "driver": "vfio-pci", "qdev_id": "hostdev0",
+       "taken": false, "qemu_ids": null,
+       "error": "-device vfio-pci,host=0000:01:01.0,id=hostdev0: vfio 0000:01:01.0: group 8 is not viable"}
+    - {"address": "0000:00:04.0", "group": 4, "ids": "8086:10d3", "driver": "vfio-pci", "qdev_id": "hostdev0",
+       "taken": true, "qemu_ids": "8086:10d3", "error": null}
+groups:
+  description:
+    - Per IOMMU group, one QEMU - the command line (planned in check mode), its exit status, the seconds from
+      start to exit, QEMU's error, the end of its standard error, whether the timeout guard stopped it, and the
+      kernel's viability rule read from sysfs before the start.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {"id": 4, "functions": ["0000:00:04.0"], "kernel_viable": true, "rc": 0, "seconds": 0.81, "error": null,
+       "stderr": null, "hung": false,
+       "argv": ["/usr/bin/qemu-system-x86_64", "-name", "hostdev-vfio-probe-group4", "-machine", "q35", "-accel",
+                "tcg", "-m", "64M", "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio",
+                "-device", "vfio-pci,host=0000:00:04.0,id=hostdev0"]}
+qemu:
+  description:
+    - The QEMU binary and its version (C(-version); null in check mode, where nothing is run), the accelerator,
+      and the RLIMIT_MEMLOCK in bytes QEMU gets (C(memlock_limit); null when the current limit was enough).
+  returned: success
+  type: dict
+  sample: {"binary": "/usr/bin/qemu-system-x86_64", "version": "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)",
+           "accel": "tcg", "memory_mib": 64, "memlock_limit": 1140850688}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hostdev.vfio.plugins.module_utils import _vmm
+from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
+
+LIVE_ROOTS = ("/sys", "/proc", "/dev")
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def read_os_release():
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            continue
+    return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "address": {"type": "list", "elements": "str", "default": []},
+            "ids": {"type": "list", "elements": "str", "default": []},
+            "device_class": {"type": "list", "elements": "str", "default": []},
+            "query": {"type": "str"},
+            "qemu": {"type": "path"},
+            "accel": {"type": "str", "default": "auto", "choices": list(_vmm.ACCELS)},
+            "memory_mib": {"type": "int", "default": _vmm.DEFAULT_MEMORY_MIB},
+            "timeout": {"type": "int", "default": _vmm.DEFAULT_TIMEOUT},
+            "sysfs_root": {"type": "path", "default": "/sys"},
+            "proc_root": {"type": "path", "default": "/proc"},
+            "dev_root": {"type": "path", "default": "/dev"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    request = _vmm.Request(
+        address=p["address"],
+        ids=p["ids"],
+        device_class=p["device_class"],
+        query=p["query"],
+        qemu=p["qemu"],
+        accel=p["accel"],
+        memory_mib=p["memory_mib"],
+        timeout=p["timeout"],
+    )
+    result = {"changed": False, "functions": [], "groups": []}
+    roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])
+    if not module.check_mode and tuple(os.path.normpath(r) for r in roots) != LIVE_ROOTS:
+        module.fail_json(
+            msg="sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
+            "(QEMU would take this host's devices, not those of the copy); run with check_mode: true",
+            **result,
+        )
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), *SYSTEM_DIRS])
+    try:
+        snapshot = read_snapshot(p["sysfs_root"])
+
+        def facts():
+            from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
+
+            return gather(p["sysfs_root"], p["proc_root"], p["dev_root"], names=False)
+
+        plan = _vmm.plan(snapshot, request, p["proc_root"], p["dev_root"], search_path, read_os_release(), facts=facts)
+        qemu = {
+            "binary": plan.binary,
+            "version": None,
+            "accel": plan.accel,
+            "memory_mib": plan.memory_mib,
+            "memlock_limit": (_vmm.memlock_limits(plan.memlock) or (None,))[0],
+        }
+        if module.check_mode:
+            result.update(functions=plan.functions, groups=[_vmm.group_result(g) for g in plan.groups], qemu=qemu)
+            module.exit_json(**result)
+        functions, groups, qemu["version"] = _vmm.run(plan)
+    except _vmm.VmmError as exc:
+        result.update(functions=exc.functions, groups=exc.groups)
+        module.fail_json(msg=exc.msg, **result)
+    result.update(functions=functions, groups=groups, qemu=qemu)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
