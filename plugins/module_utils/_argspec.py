@@ -25,3 +25,22 @@ def file_options(default_path=None, kernel_release=False):
     if kernel_release:
         spec["kernel_release"] = {"type": "str"}
     return spec
+
+
+def selector_options():
+    """``address``, ``ids``, ``device_class``, ``query``: the ``hostdev.vfio.selectors`` fragment."""
+    return {
+        "address": {"type": "list", "elements": "str", "default": []},
+        "ids": {"type": "list", "elements": "str", "default": []},
+        "device_class": {"type": "list", "elements": "str", "default": []},
+        "query": {"type": "str"},
+    }
+
+
+def host_root_options():
+    """``sysfs_root``, ``proc_root``, ``dev_root``: the ``hostdev.vfio.selectors.host_roots`` fragment section."""
+    return {
+        "sysfs_root": {"type": "path", "default": "/sys"},
+        "proc_root": {"type": "path", "default": "/proc"},
+        "dev_root": {"type": "path", "default": "/dev"},
+    }

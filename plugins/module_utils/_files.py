@@ -7,6 +7,7 @@ from __future__ import annotations
 __metaclass__ = type
 
 import os
+import tempfile
 
 
 def rooted(root: str, path: str) -> str:
@@ -52,3 +53,30 @@ def read_config(path: str, what: str = "configuration file") -> str | None:
         raise FileProblem(
             f"{path}: is not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); refusing to edit it as a {what}"
         ) from None
+
+
+def write_atomic(path: str, text: str, atomic_move, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` through a temp file in its directory and ``atomic_move`` (AnsibleModule's).
+
+    The mode of an existing file is kept (``mode`` or 0644 for a new one); missing parent directories are made.
+    Any failure is a :class:`FileProblem` naming the path - ansible-core 2.19's ``atomic_move`` raises a plain
+    Exception on a read-only target - and no temp file is left behind.
+    """
+    tmp = None
+    try:
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        if mode is None:
+            mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        atomic_move(tmp, path)
+        tmp = None
+    except Exception as exc:  # OSError from the steps above, a plain Exception from atomic_move
+        raise FileProblem(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

@@ -185,10 +185,10 @@ images:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, write_atomic
 from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import (
     InitramfsError,
     detect_backend,
@@ -205,28 +205,11 @@ _TOOLS = {
 
 
 def _write(module, path, text):
-    """Write ``text`` to ``path`` through a temp file and atomic_move, keeping the file's mode; any failure is a
-    fail_json naming the path (ansible-core 2.19's atomic_move raises a plain Exception on a read-only target)."""
-    tmp = None
+    """Write ``text`` to ``path`` atomically (keeping the file's mode); any failure is a fail_json naming the path."""
     try:
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        module.atomic_move(tmp, path)
-        tmp = None
-    except Exception as exc:  # OSError from the steps above, a plain Exception from atomic_move
-        error = f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
-    else:
-        return
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    module.fail_json(msg=error)
+        write_atomic(path, text, module.atomic_move)
+    except FileProblem as exc:
+        module.fail_json(msg=str(exc))
 
 
 def main():

@@ -225,10 +225,10 @@ notes:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, write_atomic
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import (
     CmdlineError,
     check_values,
@@ -251,27 +251,11 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline impor
 
 
 def _write(module, path, text):
-    """Write ``text`` to ``path`` through a temp file and atomic_move; any failure is a fail_json naming the path
-    (ansible-core 2.19's atomic_move raises a plain Exception on a read-only target)."""
-    tmp = None
+    """Write ``text`` to ``path`` atomically (mode 0644); any failure is a fail_json naming the path."""
     try:
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, path)
-        tmp = None
-    except Exception as exc:  # OSError from the steps above, a plain Exception from atomic_move
-        error = f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
-    else:
-        return
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    module.fail_json(msg=error)
+        write_atomic(path, text, module.atomic_move, mode=0o644)
+    except FileProblem as exc:
+        module.fail_json(msg=str(exc))
 
 
 def _remove(module, path):

@@ -35,36 +35,6 @@ description:
 author:
   - hostdev.vfio contributors (!UNKNOWN)
 options:
-  address:
-    description:
-      - PCI addresses to select, full (V(0000:01:00.0)) or short (V(01:00.0), domain 0000).
-      - An entry may end in C(@vendor:device), for example V(01:00.0@10de:1b80). When the device at that
-        address is not that vendor:device (the bus was re-enumerated), the module fails and changes nothing.
-    type: list
-    elements: str
-    default: []
-  ids:
-    description:
-      - Select every function with these ids, V(vendor:device) or V(vendor:device:subvendor:subdevice), in hex.
-    type: list
-    elements: str
-    default: []
-  device_class:
-    description:
-      - Select every function whose 6-digit class code starts with one of these hex prefixes (V(03), V(0300),
-        V(0c0330)), as in M(hostdev.vfio.iommu_facts).
-    type: list
-    elements: str
-    default: []
-  query:
-    description:
-      - A JMESPath expression over the data M(hostdev.vfio.iommu_facts) returns as C(ansible_facts.iommu). It
-        must return a list of addresses or of device dicts (with C(address)), for example
-        V(devices[?vendor_id=='10de'].address).
-      - At most 2048 characters, no control characters, and no more than 32 levels of nesting.
-      - Needs the Python library jmespath on the managed host.
-      - All selectors add up (union).
-    type: str
   driver:
     description:
       - The driver to put the selected devices on - V(vfio-pci), V(pci-stub), or any other PCI driver name
@@ -110,22 +80,6 @@ options:
       - Succeed without change when the selectors match no device (by default that is an error).
     type: bool
     default: false
-  sysfs_root:
-    description:
-      - Where sysfs is mounted. Point it at a captured tree to compute the plan offline; with any value other
-        than V(/sys) (or a non-default O(proc_root)/O(dev_root)) only check mode is allowed.
-    type: path
-    default: /sys
-  proc_root:
-    description:
-      - Where procfs is mounted (mounts, swaps, routes and open files for the safety checks).
-    type: path
-    default: /proc
-  dev_root:
-    description:
-      - Where device nodes live (C(vfio/<group>)).
-    type: path
-    default: /dev
   state_dir:
     description:
       - Directory of C(bind-state.json), where the original driver of each device taken from a host driver is
@@ -137,6 +91,9 @@ options:
       - The udev rules file this module manages for O(persistent=true). Other lines in it are kept byte for byte.
     type: path
     default: /etc/udev/rules.d/05-hostdev-vfio.rules
+extends_documentation_fragment:
+  - hostdev.vfio.selectors
+  - hostdev.vfio.selectors.host_roots
 attributes:
   check_mode:
     support: full
@@ -260,6 +217,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _bind
+from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import SysfsKernel
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
 from ansible_collections.hostdev.vfio.plugins.module_utils._safety import protected
@@ -280,18 +238,13 @@ def make_kernel(module, sysfs_root, dev_root):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "address": {"type": "list", "elements": "str", "default": []},
-            "ids": {"type": "list", "elements": "str", "default": []},
-            "device_class": {"type": "list", "elements": "str", "default": []},
-            "query": {"type": "str"},
+            **selector_options(),
+            **host_root_options(),
             "driver": {"type": "str", "default": "vfio-pci"},
             "group": {"type": "str", "default": "fail", "choices": list(_bind.GROUP_POLICIES)},
             "persistent": {"type": "bool", "default": False},
             "force": {"type": "list", "elements": "str", "default": []},
             "allow_empty": {"type": "bool", "default": False},
-            "sysfs_root": {"type": "path", "default": "/sys"},
-            "proc_root": {"type": "path", "default": "/proc"},
-            "dev_root": {"type": "path", "default": "/dev"},
             "state_dir": {"type": "path", "default": _bind.DEFAULT_STATE_DIR},
             "rules_file": {"type": "path", "default": _bind.DEFAULT_RULES_FILE},
         },

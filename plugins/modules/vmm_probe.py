@@ -32,35 +32,6 @@ description:
 author:
   - hostdev.vfio contributors (!UNKNOWN)
 options:
-  address:
-    description:
-      - PCI addresses to probe, full (V(0000:01:00.0)) or short (V(01:00.0), domain 0000).
-      - An entry may end in C(@vendor:device), for example V(01:00.0@10de:1b80); the module fails, starting nothing,
-        when the device at that address is not that vendor:device.
-    type: list
-    elements: str
-    default: []
-  ids:
-    description:
-      - Probe every function with these ids, V(vendor:device) or V(vendor:device:subvendor:subdevice), in hex.
-    type: list
-    elements: str
-    default: []
-  device_class:
-    description:
-      - Probe every function whose 6-digit class code starts with one of these hex prefixes (V(03), V(0300),
-        V(0c0330)).
-    type: list
-    elements: str
-    default: []
-  query:
-    description:
-      - A JMESPath expression over the data M(hostdev.vfio.iommu_facts) returns as C(ansible_facts.iommu). It
-        must return a list of addresses or of device dicts (with C(address)), for example
-        V(devices[?driver=='vfio-pci'].address).
-      - Needs the Python library jmespath on the managed host.
-      - All selectors add up (union), as in M(hostdev.vfio.vfio_bind).
-    type: str
   qemu:
     description:
       - Absolute path of the QEMU binary. By default C(qemu-system-x86_64) (then C(qemu-kvm)) is looked up in
@@ -87,22 +58,9 @@ options:
         of speed; a probe takes about a second.
     type: int
     default: 60
-  sysfs_root:
-    description:
-      - Where sysfs is mounted. Any value other than V(/sys) (or a non-default O(proc_root)/O(dev_root)) is
-        allowed in check mode only - QEMU would take the real host's devices, not those of the copy.
-    type: path
-    default: /sys
-  proc_root:
-    description:
-      - Where procfs is mounted (open files, for the check that no process holds the group open).
-    type: path
-    default: /proc
-  dev_root:
-    description:
-      - Where device nodes live (C(vfio/<group>), C(kvm)).
-    type: path
-    default: /dev
+extends_documentation_fragment:
+  - hostdev.vfio.selectors
+  - hostdev.vfio.selectors.host_roots
 attributes:
   check_mode:
     support: full
@@ -205,6 +163,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _vmm
+from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
 
 LIVE_ROOTS = ("/sys", "/proc", "/dev")
@@ -224,17 +183,12 @@ def read_os_release():
 def main():
     module = AnsibleModule(
         argument_spec={
-            "address": {"type": "list", "elements": "str", "default": []},
-            "ids": {"type": "list", "elements": "str", "default": []},
-            "device_class": {"type": "list", "elements": "str", "default": []},
-            "query": {"type": "str"},
+            **selector_options(),
+            **host_root_options(),
             "qemu": {"type": "path"},
             "accel": {"type": "str", "default": "auto", "choices": list(_vmm.ACCELS)},
             "memory_mib": {"type": "int", "default": _vmm.DEFAULT_MEMORY_MIB},
             "timeout": {"type": "int", "default": _vmm.DEFAULT_TIMEOUT},
-            "sysfs_root": {"type": "path", "default": "/sys"},
-            "proc_root": {"type": "path", "default": "/proc"},
-            "dev_root": {"type": "path", "default": "/dev"},
         },
         supports_check_mode=True,
     )
