@@ -61,6 +61,15 @@ _STDERR_KEPT = 4000  # characters of QEMU's stderr kept in a group's result
 _QDEV_RE = re.compile(r"\bid=(hostdev\d+)\b")
 
 
+class QemuMissing(Exception):
+    """No QEMU binary on the host; ``functions`` are the ones that would have been probed."""
+
+    def __init__(self, msg: str, functions: list):
+        super().__init__(msg)
+        self.msg = msg
+        self.functions = functions
+
+
 class VmmError(Exception):
     """The probe cannot be planned or run; ``functions``/``groups`` carry what is known for the result."""
 
@@ -85,6 +94,10 @@ class Request:
     accel: str = "auto"
     memory_mib: int = DEFAULT_MEMORY_MIB
     timeout: int = DEFAULT_TIMEOUT
+    # A group another process holds open (a running VM) is reported as skipped instead of refusing the request.
+    skip_in_use: bool = False
+    # Without QEMU on the host: a VmmError (True) or a QemuMissing the caller may report as skipped (False).
+    qemu_required: bool = True
 
 
 def _address_spec(name: str, value) -> str:
@@ -121,11 +134,13 @@ def validate(request: Request) -> Request:
         address=check(_validate.each, "address", request.address, _address_spec) or [],
         ids=check(_validate.each, "ids", request.ids, _validate.pci_ids) or [],
         device_class=check(_validate.each, "device_class", request.device_class, _validate.pci_class_prefix) or [],
-        query=None if request.query is None else check(_validate.text, "query", request.query),
+        query=None if request.query is None else check(_validate.jmespath_query, "query", request.query),
         qemu=None if request.qemu is None else check(_validate.text, "qemu", request.qemu, 1024),
         accel=request.accel,
         memory_mib=check(_int_in, "memory_mib", request.memory_mib, *MEMORY_MIB_RANGE),
         timeout=check(_int_in, "timeout", request.timeout, *TIMEOUT_RANGE),
+        skip_in_use=bool(request.skip_in_use),
+        qemu_required=bool(request.qemu_required),
     )
     if out.qemu is not None and not out.qemu.startswith("/"):
         errors.append(f"qemu: {_validate.shown(out.qemu)} must be an absolute path to the QEMU binary")
@@ -264,13 +279,14 @@ def _function_result(snapshot: Snapshot, address: str, qdev_id: str | None) -> d
         "taken": None,
         "qemu_ids": None,
         "error": None,
+        "skipped": None,
     }
 
 
-def refusals(snapshot: Snapshot, selected: list, proc_root: str, dev_root: str) -> dict:
+def refusals(snapshot: Snapshot, selected: list, proc_root: str, dev_root: str, in_use: dict | None = None) -> dict:
     """{address: reason} for every selected function QEMU must not be asked to take."""
     out = {}
-    in_use = check_vfio_in_use(snapshot, proc_root)
+    in_use = check_vfio_in_use(snapshot, proc_root) if in_use is None else in_use
     for address in selected:
         dev = snapshot.devices[address]
         if not is_vfio_driver(dev.driver):
@@ -309,7 +325,16 @@ def plan(
         raise VmmError(exc.msg) from exc
     if not selected:
         raise VmmError("no function matched address, ids, device_class or query; nothing started")
-    refused = refusals(snapshot, selected, proc_root, dev_root)
+    in_use = check_vfio_in_use(snapshot, proc_root)
+    skipped = {}
+    if request.skip_in_use:
+        # A group is opened whole: one holder keeps every selected function of its group out of the probe.
+        held = {snapshot.devices[a].iommu_group: in_use[a][0] for a in selected if a in in_use}
+        for address in selected:
+            group = snapshot.devices[address].iommu_group
+            if group in held:
+                skipped[address] = f"not probed: it {held[group]} (opening a VFIO device resets it)"
+    refused = refusals(snapshot, [a for a in selected if a not in skipped], proc_root, dev_root, in_use)
     if refused:
         functions = [_function_result(snapshot, a, None) for a in selected]
         for res in functions:
@@ -317,12 +342,20 @@ def plan(
         raise VmmError(
             "refused, nothing started: " + "; ".join(refused[a] for a in selected if a in refused), functions
         )
-    binary = find_qemu(request.qemu, search_path, os_release_text=os_release_text)
+    try:
+        binary = find_qemu(request.qemu, search_path, os_release_text=os_release_text)
+    except VmmError as exc:
+        if request.qemu_required:
+            raise
+        raise QemuMissing(exc.msg, [_function_result(snapshot, a, None) for a in selected]) from None
     accel = choose_accel(request.accel, dev_root)
     by_group: dict = {}
     for address in selected:
-        by_group.setdefault(snapshot.devices[address].iommu_group, []).append(address)
+        if address not in skipped:
+            by_group.setdefault(snapshot.devices[address].iommu_group, []).append(address)
     groups, functions = [], {}
+    for address, reason in skipped.items():
+        functions[address] = dict(_function_result(snapshot, address, None), skipped=reason)
     for group, addresses in by_group.items():
         argv = build_argv(binary, accel, request.memory_mib, group, addresses)
         viable, _blockers = assess_group(snapshot, group)

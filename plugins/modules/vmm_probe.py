@@ -36,8 +36,24 @@ options:
     description:
       - Absolute path of the QEMU binary. By default C(qemu-system-x86_64) (then C(qemu-kvm)) is looked up in
         C(PATH) and the system binary directories, then C(/usr/libexec/qemu-kvm) (RHEL and its rebuilds).
-      - When none is found the module fails and names the package to install for the host's distribution family.
+      - When none is found the module fails and names the package to install for the host's distribution family,
+        unless O(qemu_required=false).
     type: path
+  qemu_required:
+    description:
+      - With V(false), a host without QEMU is not an error - the result has RV(skipped) with the reason (and the
+        package to install) and nothing is probed. For a fleet check that asks QEMU wherever it is installed, as
+        on Proxmox VE and libvirt hosts.
+    type: bool
+    default: true
+  skip_in_use:
+    description:
+      - With V(true), an IOMMU group that another process holds open (a running VM) is not probed and not
+        refused - its functions are returned with C(skipped) naming the process. Opening a VFIO device resets
+        it, so a device in use is never opened either way.
+      - With V(false) (the default) such a function makes the module fail, starting nothing.
+    type: bool
+    default: false
   accel:
     description:
       - The accelerator QEMU uses. V(auto) takes V(kvm) when C(/dev/kvm) can be opened read-write, else V(tcg).
@@ -126,15 +142,17 @@ functions:
     - C(error) is QEMU's own error text when it refused (for the other functions of the same VM, the text says
       which function QEMU stopped on), or why the module refused the function before starting anything.
     - C(ids) are the ids read from sysfs, C(qemu_ids) those QEMU reported (null when not taken).
+    - C(skipped) says why a function was not probed with O(skip_in_use=true) (its group is open by a process);
+      null otherwise.
   returned: always
   type: list
   elements: dict
   sample:
     - {"address": "0000:01:01.0", "group": 8, "ids": "8086:100e", "driver": "vfio-pci", "qdev_id": "hostdev0",
-       "taken": false, "qemu_ids": null,
+       "taken": false, "qemu_ids": null, "skipped": null,
        "error": "-device vfio-pci,host=0000:01:01.0,id=hostdev0: vfio 0000:01:01.0: group 8 is not viable"}
     - {"address": "0000:00:04.0", "group": 4, "ids": "8086:10d3", "driver": "vfio-pci", "qdev_id": "hostdev0",
-       "taken": true, "qemu_ids": "8086:10d3", "error": null}
+       "taken": true, "qemu_ids": "8086:10d3", "error": null, "skipped": null}
 groups:
   description:
     - Per IOMMU group, one QEMU - the command line (planned in check mode), its exit status, the seconds from
@@ -149,6 +167,12 @@ groups:
        "argv": ["/usr/bin/qemu-system-x86_64", "-name", "hostdev-vfio-probe-group4", "-machine", "q35", "-accel",
                 "tcg", "-m", "64M", "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio",
                 "-device", "vfio-pci,host=0000:00:04.0,id=hostdev0"]}
+skipped:
+  description:
+    - With O(qemu_required=false) on a host without QEMU, why nothing was probed (names the package).
+  returned: when QEMU is missing and O(qemu_required=false)
+  type: str
+  sample: "QEMU not found: no qemu-system-x86_64 or qemu-kvm in PATH ...; install the package qemu-system-x86 (apt)"
 qemu:
   description:
     - The QEMU binary and its version (C(-version); null in check mode, where nothing is run), the accelerator,
@@ -189,6 +213,8 @@ def main():
             "accel": {"type": "str", "default": "auto", "choices": list(_vmm.ACCELS)},
             "memory_mib": {"type": "int", "default": _vmm.DEFAULT_MEMORY_MIB},
             "timeout": {"type": "int", "default": _vmm.DEFAULT_TIMEOUT},
+            "qemu_required": {"type": "bool", "default": True},
+            "skip_in_use": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -202,6 +228,8 @@ def main():
         accel=p["accel"],
         memory_mib=p["memory_mib"],
         timeout=p["timeout"],
+        qemu_required=p["qemu_required"],
+        skip_in_use=p["skip_in_use"],
     )
     result = {"changed": False, "functions": [], "groups": []}
     roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])
@@ -232,6 +260,8 @@ def main():
             result.update(functions=plan.functions, groups=[_vmm.group_result(g) for g in plan.groups], qemu=qemu)
             module.exit_json(**result)
         functions, groups, qemu["version"] = _vmm.run(plan)
+    except _vmm.QemuMissing as exc:
+        module.exit_json(changed=False, functions=exc.functions, groups=[], skipped=exc.msg)
     except _vmm.VmmError as exc:
         result.update(functions=exc.functions, groups=exc.groups)
         module.fail_json(msg=exc.msg, **result)

@@ -51,6 +51,7 @@ def test_single_function_taken(lab):
             "taken": True,
             "qemu_ids": "8086:10d3",
             "error": None,
+            "skipped": None,
         }
     ]
     assert version == "7.2.22 (fake)"
@@ -150,6 +151,43 @@ def test_group_open_by_another_process_is_refused(lab):
     )
     assert "opening a VFIO device resets it" in err.value.msg
     assert runs(log) == []
+
+
+def test_group_in_use_is_skipped_when_asked_and_the_rest_probed(lab):
+    host, qemu, log = lab
+    add_open_fd(host, 4242, "/dev/vfio/4", comm="qemu-system-x86")
+    functions, groups, _version = probe(host, qemu, address=["00:04.0", "01:01.0"], skip_in_use=True)
+    by_address = {f["address"]: f for f in functions}
+    e1000e = by_address["0000:00:04.0"]
+    assert e1000e["taken"] is None and e1000e["error"] is None
+    assert e1000e["skipped"].startswith("not probed: it is in IOMMU group 4, whose /dev/vfio/4 is open by process 4242")
+    # the held group never reaches QEMU: one VM only, for group 8
+    assert [g["id"] for g in groups] == [8]
+    assert not any("0000:00:04.0" in " ".join(r["argv"]) for r in runs(log))
+
+
+def test_missing_qemu_is_reported_not_raised_when_not_required(lab, tmp_path):
+    host, _qemu, log = lab
+    with pytest.raises(_vmm.QemuMissing) as err:
+        _vmm.plan(
+            read_snapshot(str(host.sys)),
+            _vmm.Request(address=["00:04.0"], qemu_required=False),
+            str(host.proc),
+            str(host.dev),
+            str(tmp_path / "empty-path"),
+        )
+    assert err.value.msg.startswith("QEMU not found")
+    assert [f["address"] for f in err.value.functions] == ["0000:00:04.0"]
+    assert err.value.functions[0]["taken"] is None
+    assert runs(log) == []
+    with pytest.raises(_vmm.VmmError, match="QEMU not found"):
+        _vmm.plan(
+            read_snapshot(str(host.sys)),
+            _vmm.Request(address=["00:04.0"]),
+            str(host.proc),
+            str(host.dev),
+            str(tmp_path / "empty-path"),
+        )
 
 
 def test_missing_group_node_is_refused(lab):

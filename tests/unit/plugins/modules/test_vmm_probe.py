@@ -111,6 +111,22 @@ def test_missing_qemu_names_the_package(lab, monkeypatch, tmp_path):
     assert runs(log) == []
 
 
+def test_missing_qemu_is_skipped_when_not_required(lab, monkeypatch, tmp_path):
+    host, _qemu, log = lab
+    live(monkeypatch, host)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(vmm_probe, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(_vmm, "QEMU_FALLBACKS", (str(empty / "qemu-kvm"),))
+    monkeypatch.setattr(vmm_probe, "read_os_release", lambda: "ID=debian\n")
+    result, failed = run_module(vmm_probe.main, args(host, address=["00:04.0"], qemu_required=False))
+    assert not failed and result["changed"] is False
+    assert result["skipped"].startswith("QEMU not found") and "qemu-system-x86" in result["skipped"]
+    assert [(f["address"], f["taken"]) for f in result["functions"]] == [("0000:00:04.0", None)]
+    assert runs(log) == []
+
+
 def test_qemu_found_in_path(lab, monkeypatch):
     host, qemu, _log = lab
     monkeypatch.setenv("PATH", str(qemu.parent))
