@@ -559,11 +559,31 @@ def passthrough_readiness(facts: dict) -> list:
     return [device_readiness(facts or {}, d) for d in (facts or {}).get("devices") or []]
 
 
-def host_report(name: str, facts, error: str | None = None) -> dict:
-    """One host's section of the fleet report."""
+def vmm_verdict(probe, address: str):
+    """QEMU's answer for one function from a hostdev.vfio.vmm_probe result: "took it", "refused: ...",
+    "not probed: ...", or None when QEMU was not asked about it."""
+    if not probe or probe.get("skipped") is True:
+        return None
+    if probe.get("qemu_missing"):
+        return None
+    for entry in probe.get("functions") or []:
+        if entry.get("address") != address:
+            continue
+        if entry.get("skipped"):
+            return entry["skipped"]
+        if entry.get("taken"):
+            return "took it"
+        return f"refused: {entry.get('error') or 'not taken'}"
+    return None
+
+
+def host_report(name: str, facts, error: str | None = None, probe=None) -> dict:
+    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked."""
     if not facts:
         return {"host": name, "reachable": False, "error": error or "no facts (host unreachable or failed)"}
     devices = passthrough_readiness(facts)
+    for device in devices:
+        device["vmm"] = vmm_verdict(probe, device["address"])
     groups = [
         {
             "id": g["id"],
@@ -587,13 +607,18 @@ def host_report(name: str, facts, error: str | None = None) -> dict:
         "devices": devices,
         "ready_count": sum(1 for d in devices if d["ready"]),
         "device_count": len(devices),
+        "qemu": ((probe or {}).get("qemu") or {}).get("version") if probe else None,
+        "qemu_missing": (probe or {}).get("qemu_missing"),
     }
 
 
-def passthrough_report(hosts: list, host_facts: list, errors=None) -> dict:
-    """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order."""
+def passthrough_report(hosts: list, host_facts: list, errors=None, probes=None) -> dict:
+    """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order;
+    ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked."""
     errors = errors or {}
-    sections = [host_report(h, f, errors.get(h)) for h, f in zip(_as_list(hosts), _as_list(host_facts), strict=True)]
+    hosts, host_facts = _as_list(hosts), _as_list(host_facts)
+    probes = _as_list(probes) if probes is not None else [None] * len(hosts)
+    sections = [host_report(h, f, errors.get(h), p) for h, f, p in zip(hosts, host_facts, probes, strict=True)]
     reachable = [s for s in sections if s["reachable"]]
     return {
         "hosts": sections,
@@ -603,6 +628,7 @@ def passthrough_report(hosts: list, host_facts: list, errors=None) -> dict:
             "iommu_on": sum(1 for s in reachable if s["iommu_enabled"]),
             "ready_devices": sum(s["ready_count"] for s in reachable),
             "devices": sum(s["device_count"] for s in reachable),
+            "qemu_took": sum(1 for s in reachable for d in s["devices"] if d["vmm"] == "took it"),
         },
     }
 

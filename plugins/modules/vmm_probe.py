@@ -41,7 +41,7 @@ options:
     type: path
   qemu_required:
     description:
-      - With V(false), a host without QEMU is not an error - the result has RV(skipped) with the reason (and the
+      - With V(false), a host without QEMU is not an error - the result has RV(qemu_missing) with the reason (and the
         package to install) and nothing is probed. For a fleet check that asks QEMU wherever it is installed, as
         on Proxmox VE and libvirt hosts.
     type: bool
@@ -167,7 +167,7 @@ groups:
        "argv": ["/usr/bin/qemu-system-x86_64", "-name", "hostdev-vfio-probe-group4", "-machine", "q35", "-accel",
                 "tcg", "-m", "64M", "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio",
                 "-device", "vfio-pci,host=0000:00:04.0,id=hostdev0"]}
-skipped:
+qemu_missing:
   description:
     - With O(qemu_required=false) on a host without QEMU, why nothing was probed (names the package).
   returned: when QEMU is missing and O(qemu_required=false)
@@ -261,7 +261,7 @@ def main():
             module.exit_json(**result)
         functions, groups, qemu["version"] = _vmm.run(plan)
     except _vmm.QemuMissing as exc:
-        module.exit_json(changed=False, functions=exc.functions, groups=[], skipped=exc.msg)
+        module.exit_json(changed=False, functions=exc.functions, groups=[], qemu_missing=exc.msg)
     except _vmm.VmmError as exc:
         result.update(functions=exc.functions, groups=exc.groups)
         module.fail_json(msg=exc.msg, **result)

@@ -422,7 +422,14 @@ def test_readiness_no_group_with_iommu_on():
 
 def test_report_totals_and_unreachable_host():
     report = passthrough_report(["intel", "gone"], [bound_facts(), None], {"gone": "unreachable"})
-    assert report["totals"] == {"hosts": 2, "unreachable": 1, "iommu_on": 1, "ready_devices": 2, "devices": 6}
+    assert report["totals"] == {
+        "hosts": 2,
+        "unreachable": 1,
+        "iommu_on": 1,
+        "ready_devices": 2,
+        "devices": 6,
+        "qemu_took": 0,
+    }
     assert report["hosts"][1] == {"host": "gone", "reachable": False, "error": "unreachable"}
     assert report["hosts"][0]["iommu_vendor"] == "intel"
     assert [g["vfio_file"] for g in report["hosts"][0]["groups"]] == [False, True, False, True]
@@ -438,3 +445,28 @@ def test_filters_are_registered_and_wrap_errors():
     }
     with pytest.raises(AnsibleFilterError, match="passthrough_verify"):
         filters["passthrough_verify"]({"enabled": True, "devices": [], "groups": []}, [{"devices": [{}]}])
+
+
+def test_report_carries_qemus_answer_per_function():
+    """vmm_probe results per host: taken, refused with QEMU's words, not probed (held), not asked, no QEMU."""
+    facts = bound_facts()
+    ready = [d["address"] for d in passthrough_readiness(facts) if d["ready"]]
+    assert len(ready) == 2
+    probe = {
+        "changed": False,
+        "qemu": {"binary": "/usr/bin/qemu-system-x86_64", "version": "7.2.22"},
+        "functions": [
+            {"address": ready[0], "taken": True, "error": None, "skipped": None},
+            {"address": ready[1], "taken": False, "error": "group 7 is not viable", "skipped": None},
+        ],
+    }
+    held = {"functions": [{"address": ready[0], "taken": None, "error": None, "skipped": "not probed: held"}]}
+    no_qemu = {"qemu_missing": "QEMU not found", "functions": [{"address": ready[0], "taken": None}]}
+    report = passthrough_report(["a", "b", "c", "d"], [facts] * 4, probes=[probe, held, no_qemu, {"skipped": True}])
+    verdicts = [{d["address"]: d["vmm"] for d in h["devices"] if d["address"] in ready} for h in report["hosts"]]
+    assert verdicts[0] == {ready[0]: "took it", ready[1]: "refused: group 7 is not viable"}
+    assert verdicts[1] == {ready[0]: "not probed: held", ready[1]: None}
+    assert verdicts[2] == {ready[0]: None, ready[1]: None}
+    assert verdicts[3] == {ready[0]: None, ready[1]: None}
+    assert report["hosts"][0]["qemu"] == "7.2.22" and report["hosts"][2]["qemu_missing"] == "QEMU not found"
+    assert report["totals"]["qemu_took"] == 1

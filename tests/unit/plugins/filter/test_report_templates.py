@@ -44,6 +44,6 @@ def test_html_escapes_and_marks_readiness(report):
     html = render("report.html.j2", report)
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert '<h2 id="noiommu">noiommu</h2>' in html
-    assert '<td class="yes">yes</td><td></td></tr>' in html  # a ready function, no reasons
+    assert '<td class="yes">yes</td><td></td><td>-</td></tr>' in html  # a ready function, no reasons, QEMU not asked
     assert "group 0 shared with" not in html  # a device never blocks itself
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -122,7 +122,7 @@ def test_missing_qemu_is_skipped_when_not_required(lab, monkeypatch, tmp_path):
     monkeypatch.setattr(vmm_probe, "read_os_release", lambda: "ID=debian\n")
     result, failed = run_module(vmm_probe.main, args(host, address=["00:04.0"], qemu_required=False))
     assert not failed and result["changed"] is False
-    assert result["skipped"].startswith("QEMU not found") and "qemu-system-x86" in result["skipped"]
+    assert result["qemu_missing"].startswith("QEMU not found") and "qemu-system-x86" in result["qemu_missing"]
     assert [(f["address"], f["taken"]) for f in result["functions"]] == [("0000:00:04.0", None)]
     assert runs(log) == []
 
