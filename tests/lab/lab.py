@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""hostdev.vfio QEMU lab: boot, reach and stop the guests declared in tests/lab/fleet.yml.
+"""hostdev.vfio QEMU lab: boot, reach and stop the guests declared in tests/lab/fleet.yml (or in LAB_FLEET).
 
 Usage: lab.py up [--fresh] [HOST...] | down [HOST...] | status | ssh HOST [CMD...] | reset HOST...
        | wait HOST... | console HOST [LINES] | hold HOST... | release HOST... | throttle PERCENT
@@ -7,7 +7,10 @@ State (overlays, pid files, console logs, monitor and QMP sockets, inventory) li
 `hold` makes the guest's next reboot stop it instead (QEMU keeps it powered off and paused); `release` waits until
 the held guest has really gone down that way, then starts it again and waits for ssh. A test that needs a host
 that does not come back gets one on purpose, whatever the machine's speed.
-Environment: LAB_BOOT_TIMEOUT (s, default 900), LAB_DOWN_TIMEOUT (s, default 90), LAB_ACCEL (tcg|kvm, default auto).
+A guest's `flavour` (fleet.yml) picks its base image and firmware: bookworm-bios-grub (the default) or
+trixie-uefi-sdboot-dracut-lvm (OVMF, systemd-boot, dracut, LVM root); see FLAVOURS and tests/lab/README.md.
+Environment: LAB_BOOT_TIMEOUT (s, default 900), LAB_DOWN_TIMEOUT (s, default 90), LAB_ACCEL (tcg|kvm, default auto),
+LAB_FLEET (another fleet file, e.g. tests/lab/fleet-trixie.yml; the inventory then holds that fleet's guests).
 """
 
 import argparse
@@ -42,6 +45,23 @@ HOST_TOOLS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
 }
+# Image flavours: what build-image builds (its --flavour; None: the default recipe, called as it always was), the
+# firmware QEMU boots, and how a guest's kernel_args from fleet.yml reach its kernel.
+DEFAULT_FLAVOUR = "bookworm-bios-grub"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+FLAVOURS = {
+    # SeaBIOS, GRUB i386-pc reads the SMBIOS type 1 serial number into ${lab_args} (build-image).
+    "bookworm-bios-grub": {"build_arg": None, "firmware": "bios", "kernel_args_via": "smbios-serial", "tools": {}},
+    # OVMF (UEFI), systemd-boot appends the SMBIOS type 11 string io.systemd.boot.kernel-cmdline-extra=... to the
+    # BLS entry's options.
+    "trixie-uefi-sdboot-dracut-lvm": {
+        "build_arg": "trixie-uefi-sdboot-dracut-lvm",
+        "firmware": "uefi",
+        "kernel_args_via": "smbios-sdboot-extra",
+        "tools": {"mkfs.vfat": "dosfstools", "mcopy": "mtools", "pvcreate": "lvm2", "losetup": "mount"},
+    },
+}
 BOOT_TIMEOUT = int(os.environ.get("LAB_BOOT_TIMEOUT", "900"))
 DOWN_TIMEOUT = int(os.environ.get("LAB_DOWN_TIMEOUT", "90"))
 CONSOLE_TAIL = 60
@@ -56,9 +76,26 @@ def log(msg):
 
 
 # ------------------------------------------------------------------------------------------------ fleet and paths
+def fleet_file():
+    return Path(os.environ.get("LAB_FLEET") or LAB_DIR / "fleet.yml").resolve()
+
+
 def load_fleet():
-    with open(LAB_DIR / "fleet.yml") as handle:
-        return yaml.safe_load(handle)
+    path = fleet_file()
+    try:
+        with open(path) as handle:
+            fleet = yaml.safe_load(handle)
+    except OSError as exc:
+        sys.exit(f"lab.py: cannot read the fleet file {path} (LAB_FLEET): {exc.strerror}")
+    for name, guest in fleet["guests"].items():
+        if flavour_of(guest) not in FLAVOURS:
+            known = ", ".join(FLAVOURS)
+            sys.exit(f"lab.py: {path}: guest {name}: unknown flavour {guest['flavour']!r}; known: {known}")
+    return fleet
+
+
+def flavour_of(guest):
+    return guest.get("flavour", DEFAULT_FLAVOUR)
 
 
 def select(fleet, names):
@@ -82,13 +119,19 @@ def ssh_key():
 
 
 # ------------------------------------------------------------------------------------------------ host setup
-def missing_packages():
+def missing_packages(flavours=()):
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool, path=path)})
+    tools = dict(HOST_TOOLS)
+    for flavour in flavours:
+        tools.update(FLAVOURS[flavour]["tools"])
+    missing = {pkg for tool, pkg in tools.items() if not shutil.which(tool, path=path)}
+    if any(FLAVOURS[flavour]["firmware"] == "uefi" for flavour in flavours):
+        missing |= {"ovmf"} if not (OVMF_CODE.exists() and OVMF_VARS.exists()) else set()
+    return sorted(missing)
 
 
-def ensure_host_tools():
-    packages = missing_packages()
+def ensure_host_tools(flavours=()):
+    packages = missing_packages(flavours)
     if not packages:
         return
     if os.geteuid() != 0:
@@ -97,15 +140,18 @@ def ensure_host_tools():
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env)
-    still = missing_packages()
+    still = missing_packages(flavours)
     if still:
         raise LabError(f"still missing after apt-get install: {' '.join(still)}")
 
 
-def build_image():
-    proc = subprocess.run([str(LAB_DIR / "build-image")], stdout=subprocess.PIPE, text=True, check=False)
+def build_image(flavour=DEFAULT_FLAVOUR):
+    argv = [str(LAB_DIR / "build-image")]
+    if FLAVOURS[flavour]["build_arg"]:
+        argv += ["--flavour", FLAVOURS[flavour]["build_arg"]]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        raise LabError(f"tests/lab/build-image failed (exit {proc.returncode}); see its output above")
+        raise LabError(f"{' '.join(argv)} failed (exit {proc.returncode}); see its output above")
     image = proc.stdout.strip().splitlines()[-1]
     if not os.path.isfile(image):
         raise LabError(f"build-image reported {image!r}, which is not a file")
@@ -154,9 +200,14 @@ def qemu_argv(name, guest, defaults, accel):
     accel_args = ["-accel", accel] + (["-cpu", "host"] if accel.startswith("kvm") else [])
     argv = ["qemu-system-x86_64", "-name", name, "-machine", defaults["machine"], *accel_args]
     argv += ["-smp", str(defaults["cpus"]), "-m", str(defaults["memory_mib"])]
+    flavour = FLAVOURS[flavour_of(guest)]
+    if flavour["firmware"] == "uefi":
+        # OVMF: the shared read-only code and the guest's own copy of the variable store (prepare_disks).
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={state / 'OVMF_VARS.fd'}"]
     # The IOMMU first: PCI devices created before it would bypass it.
-    argv += ["-device", guest["iommu_device"], "-smbios", f"type=1,serial={guest['kernel_args']}"]
-    argv += device_args(guest, state)
+    argv += ["-device", guest["iommu_device"], *kernel_args_smbios(guest, flavour)]
+    argv += device_args(guest, state, uefi=flavour["firmware"] == "uefi")
     argv += ["-display", "none", "-serial", f"file:{state / 'console.log'}"]
     argv += ["-monitor", f"unix:{state / 'monitor.sock'},server,nowait"]
     argv += ["-qmp", f"unix:{state / 'qmp.sock'},server=on,wait=off"]
@@ -164,13 +215,25 @@ def qemu_argv(name, guest, defaults, accel):
     return argv
 
 
-def device_args(guest, state):
+def kernel_args_smbios(guest, flavour):
+    """QEMU -smbios option carrying the guest's kernel_args to its boot loader (see FLAVOURS)."""
+    if flavour["kernel_args_via"] == "smbios-sdboot-extra":
+        # systemd-boot (v254+) appends this SMBIOS type 11 (OEM strings) value to a type 1 entry's options.
+        # A comma is QEMU's option separator: doubled, it stands for itself.
+        value = f"io.systemd.boot.kernel-cmdline-extra={guest['kernel_args']}".replace(",", ",,")
+        return ["-smbios", f"type=11,value={value}"]
+    return ["-smbios", f"type=1,serial={guest['kernel_args']}"]
+
+
+def device_args(guest, state, uefi=False):
     port = guest["ssh_port"]
     args = ["-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{port}-:22"]
     # romfile= : no PXE option ROMs for SeaBIOS to run at every boot (slow under TCG; the guests boot from disk).
     args += ["-device", f"virtio-net-pci,netdev=mgmt,romfile=,addr={slot(guest, 'mgmt_nic')}"]
     args += ["-drive", f"if=none,id=root,file={state / 'overlay.qcow2'},format=qcow2,discard=unmap"]
-    args += ["-device", f"virtio-blk-pci,drive=root,addr={slot(guest, 'root_disk')}"]
+    # UEFI: bootindex makes OVMF boot the disk's \EFI\BOOT\BOOTX64.EFI at once instead of trying PXE on the NICs.
+    bootindex = ",bootindex=0" if uefi else ""
+    args += ["-device", f"virtio-blk-pci,drive=root,addr={slot(guest, 'root_disk')}{bootindex}"]
     args += ["-netdev", "user,id=spare,restrict=on"]
     args += ["-device", f"e1000e,netdev=spare,romfile=,addr={slot(guest, 'e1000e')}"]
     args += ["-audiodev", "none,id=snd0", "-device", f"ich9-intel-hda,addr={slot(guest, 'hda')}"]
@@ -255,7 +318,7 @@ def port_free(port):
     return True
 
 
-def prepare_disks(name, image, defaults):
+def prepare_disks(name, guest, image, defaults):
     state = gdir(name)
     state.mkdir(parents=True, exist_ok=True)
     overlay, base_file = state / "overlay.qcow2", state / "base"
@@ -266,6 +329,9 @@ def prepare_disks(name, image, defaults):
         argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image, str(overlay)]
         subprocess.run(argv, check=True)
         base_file.write_text(image + "\n")
+        (state / "OVMF_VARS.fd").unlink(missing_ok=True)  # a new disk: fresh UEFI variables too
+    if FLAVOURS[flavour_of(guest)]["firmware"] == "uefi" and not (state / "OVMF_VARS.fd").exists():
+        shutil.copyfile(OVMF_VARS, state / "OVMF_VARS.fd")
     nvme = state / "nvme.raw"
     if not nvme.exists():
         with open(nvme, "wb") as handle:
@@ -273,7 +339,7 @@ def prepare_disks(name, image, defaults):
 
 
 def start_guest(name, guest, fleet, image, accel):
-    prepare_disks(name, image, fleet["defaults"])
+    prepare_disks(name, guest, image, fleet["defaults"])
     if not port_free(guest["ssh_port"]):
         raise LabError(f"{name}: 127.0.0.1:{guest['ssh_port']} is already in use by another process")
     for stale in ("console.log", "qemu.pid", "monitor.sock", "qmp.sock", "held"):
@@ -432,11 +498,12 @@ def write_inventory(fleet):
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
             "-o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o LogLevel=ERROR",
             "lab_iommu": guest["iommu"],
+            "lab_flavour": flavour_of(guest),
             "lab_devices": copy.deepcopy(guest["devices"]),
         }
     inventory = {"all": {"children": {"lab": {"hosts": hosts}}}}
     STATE.mkdir(parents=True, exist_ok=True)
-    header = "# Written by tests/lab/lab.py from tests/lab/fleet.yml; do not edit.\n"
+    header = f"# Written by tests/lab/lab.py from {fleet_file()}; do not edit.\n"
     (STATE / "inventory.yml").write_text(header + yaml.safe_dump(inventory, sort_keys=False))
     cfg = [
         "# Written by tests/lab/lab.py: use with ANSIBLE_CONFIG=tests/lab/.state/ansible.cfg",
@@ -459,8 +526,9 @@ def write_inventory(fleet):
 # ------------------------------------------------------------------------------------------------ subcommands
 def cmd_up(fleet, names, fresh=False):
     STATE.mkdir(parents=True, exist_ok=True)
-    ensure_host_tools()
-    image = build_image()
+    flavours = sorted({flavour_of(fleet["guests"][name]) for name in names})
+    ensure_host_tools(flavours)
+    images = {flavour: build_image(flavour) for flavour in flavours}
     accel = choose_accel(fleet)
     write_inventory(fleet)
     if fresh:
@@ -474,8 +542,10 @@ def cmd_up(fleet, names, fresh=False):
     started = {}
     restart = {}
     for name in todo:
-        started[name] = start_guest(name, fleet["guests"][name], fleet, image, accel)
-        restart[name] = functools.partial(start_guest, name, fleet["guests"][name], fleet, image, accel)
+        guest = fleet["guests"][name]
+        image = images[flavour_of(guest)]
+        started[name] = start_guest(name, guest, fleet, image, accel)
+        restart[name] = functools.partial(start_guest, name, guest, fleet, image, accel)
         log(f"{name}: QEMU started ({accel}), pid {read_pid(name)}, ssh port {fleet['guests'][name]['ssh_port']}")
     wait_all(fleet, names, started, restart)
     log(f"lab up: {', '.join(names)}; inventory {STATE / 'inventory.yml'}")
@@ -521,7 +591,7 @@ def wait_all(fleet, names, started, restart=None):
 
 
 def discard_overlay(name):
-    for leftover in ("overlay.qcow2", "base", "nvme.raw"):
+    for leftover in ("overlay.qcow2", "base", "nvme.raw", "OVMF_VARS.fd"):
         (gdir(name) / leftover).unlink(missing_ok=True)
 
 
