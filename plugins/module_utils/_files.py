@@ -28,15 +28,12 @@ class FileProblem(Exception):
     """A file on the host that cannot be read or written as configuration; the message names the path."""
 
 
-def read_config(path: str, what: str = "configuration file") -> str | None:
-    """The text of a configuration file this collection may edit, or None when it does not exist.
-
-    Refuses, with the path named, what must never be edited as text: a file that is not UTF-8, one that holds
-    NUL bytes (binary garbage), a directory, a symlink loop, a path whose parent is a file, an unreadable file.
-    """
+def read_bytes(path: str, what: str = "file") -> bytes | None:
+    """The bytes of a file, or None when it does not exist; a directory, a parent that is a file, a symlink loop
+    or an unreadable file is a :class:`FileProblem` naming the path."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -45,6 +42,17 @@ def read_config(path: str, what: str = "configuration file") -> str | None:
         raise FileProblem(f"{path}: a parent of this path is not a directory") from None
     except OSError as exc:
         raise FileProblem(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+
+
+def read_config(path: str, what: str = "configuration file") -> str | None:
+    """The text of a configuration file this collection may edit, or None when it does not exist.
+
+    Refuses, with the path named, what must never be edited as text: a file that is not UTF-8, one that holds
+    NUL bytes (binary garbage), and everything :func:`read_bytes` refuses.
+    """
+    data = read_bytes(path, what)
+    if data is None:
+        return None
     if b"\0" in data:
         raise FileProblem(f"{path}: holds NUL bytes (binary data); refusing to edit it as a {what}")
     try:

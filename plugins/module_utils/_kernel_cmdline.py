@@ -16,7 +16,7 @@ import re
 import shlex
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_config, rooted
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_bytes, read_config, rooted
 from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import InitramfsError, installed_kernels
 
 MARKER = "# Managed by hostdev.vfio.kernel_cmdline: do not edit by hand."
@@ -38,16 +38,10 @@ def read_text(path: str, what: str = "configuration file") -> str | None:
 def read_lenient(path: str) -> str | None:
     """A file only read, never edited (``/proc/cmdline``, a generated grub.cfg): undecodable bytes become U+FFFD."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise CmdlineError(f"{path}: is a directory, expected a file") from None
-    except NotADirectoryError:
-        raise CmdlineError(f"{path}: a parent of this path is not a directory") from None
-    except OSError as exc:
-        raise CmdlineError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        data = read_bytes(path)
+    except FileProblem as exc:
+        raise CmdlineError(str(exc)) from None
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 # ---------------------------------------------------------------------------------------------------------------
