@@ -14,7 +14,7 @@ import os
 import re
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_config, rooted
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_bytes, read_config, rooted
 
 MARKER = "# Managed by hostdev.vfio.initramfs: do not edit by hand."
 BACKENDS = ("initramfs-tools", "dracut", "mkinitcpio")
@@ -37,12 +37,10 @@ def read_conf(path: str, what: str = "initramfs configuration file") -> str | No
 def _read_index(path: str) -> str:
     """modules.dep / modules.builtin, only read: undecodable bytes become U+FFFD instead of a traceback."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        raise InitramfsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        data = read_bytes(path)
+    except FileProblem as exc:
+        raise InitramfsError(str(exc)) from None
+    return "" if data is None else data.decode("utf-8", errors="replace")
 
 
 def validate_request(modules, kernel_versions) -> tuple[list[str], list[str] | None]:
