@@ -173,39 +173,141 @@ def _parse_list_file(text: str | None, pattern: str) -> list[str]:
     return out
 
 
-def dracut_modules(text: str | None) -> list[str]:
-    return _parse_list_file(text, r'^\s*force_drivers\+=\s*"([^"]*)"')
-
-
-def render_dracut(modules: list[str]) -> str:
+# The owned drop-in of dracut and mkinitcpio: (modules, files) <-> text. dracut copies /etc/modprobe.d only in
+# hostonly mode and /etc/udev/rules.d never (its 95udev-rules module installs a fixed list of rules), mkinitcpio
+# neither: the files the image must carry are listed in the drop-in (install_items / FILES).
+def dracut_lists(text: str | None) -> tuple[list[str], list[str]]:
     return (
-        f"{MARKER}\n"
-        "# force_drivers: these modules are put into the initramfs and loaded early (modprobe) by dracut.\n"
-        f'force_drivers+=" {" ".join(modules)} "\n'
+        _parse_list_file(text, r'^\s*force_drivers\+=\s*"([^"]*)"'),
+        _parse_list_file(text, r'^\s*install_items\+=\s*"([^"]*)"'),
     )
 
 
-def mkinitcpio_modules(text: str | None) -> list[str]:
-    return _parse_list_file(text, r"^\s*MODULES\+=\(([^)]*)\)")
+def render_dracut(modules: list[str], files: list[str]) -> str:
+    out = [MARKER]
+    if modules:
+        out += [
+            "# force_drivers: these modules are put into the initramfs and loaded early (modprobe) by dracut.",
+            f'force_drivers+=" {" ".join(modules)} "',
+        ]
+    if files:
+        out += [
+            "# install_items: files the image carries (dracut copies neither /etc/udev/rules.d nor, unless hostonly,",
+            "# /etc/modprobe.d).",
+            f'install_items+=" {" ".join(files)} "',
+        ]
+    return "\n".join(out) + "\n"
 
 
-def render_mkinitcpio(modules: list[str]) -> str:
-    return (
-        f"{MARKER}\n"
-        "# Sourced after /etc/mkinitcpio.conf: these modules are put into the initramfs and loaded early.\n"
-        f"MODULES+=({' '.join(modules)})\n"
-    )
+def mkinitcpio_lists(text: str | None) -> tuple[list[str], list[str]]:
+    return _parse_list_file(text, r"^\s*MODULES\+=\(([^)]*)\)"), _parse_list_file(text, r"^\s*FILES\+=\(([^)]*)\)")
 
 
-def _owned_file(before: str | None, current: list[str], modules: list[str], present: bool, render) -> str | None:
+def render_mkinitcpio(modules: list[str], files: list[str]) -> str:
+    out = [MARKER, "# Sourced after /etc/mkinitcpio.conf: these modules are put into the initramfs and loaded early,"]
+    out += ["# and these files are copied into it."]
+    if modules:
+        out.append(f"MODULES+=({' '.join(modules)})")
+    if files:
+        out.append(f"FILES+=({' '.join(files)})")
+    return "\n".join(out) + "\n"
+
+
+def _merged(current: list[str], wanted: list[str], present: bool, key=lambda x: x) -> list[str]:
     if present:
-        new = current + [m for m in modules if norm(m) not in [norm(c) for c in current]]
-    else:
-        drop = {norm(m) for m in modules}
-        new = [c for c in current if norm(c) not in drop]
-    if before is not None and MARKER in before and new == current:
+        return current + [w for w in wanted if key(w) not in [key(c) for c in current]]
+    drop = {key(w) for w in wanted}
+    return [c for c in current if key(c) not in drop]
+
+
+def _owned_file(before: str | None, lists, modules: list[str], files: list[str], present: bool, render) -> str | None:
+    cur_mods, cur_files = lists(before)
+    new_mods = _merged(cur_mods, modules, present, norm)
+    new_files = _merged(cur_files, files, present)
+    if before is not None and MARKER in before and (new_mods, new_files) == (cur_mods, cur_files):
         return before
-    return render(new) if new else None
+    return render(new_mods, new_files) if new_mods or new_files else None
+
+
+def validate_files(files) -> list[str]:
+    try:
+        return _validate.each("files", files, _validate.image_file)
+    except _validate.InvalidValue as exc:
+        raise InitramfsError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which files an image carries, per generator
+# ---------------------------------------------------------------------------------------------------------------
+GENERATOR_BINARIES = {
+    "initramfs-tools": ("usr/sbin/update-initramfs", "sbin/update-initramfs"),
+    "dracut": ("usr/bin/dracut", "usr/sbin/dracut", "sbin/dracut"),
+    "mkinitcpio": ("usr/bin/mkinitcpio",),
+}
+_MODPROBE_DIRS = ("/etc/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d")
+_MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/usr/lib/modules-load.d", "/lib/modules-load.d")
+
+
+def generators(root: str = "/") -> list[str]:
+    """The initramfs generators installed under ``root``."""
+    return [g for g, bins in GENERATOR_BINARIES.items() if any(os.path.exists(rooted(root, "/" + b)) for b in bins)]
+
+
+def _conf_files(root: str, system: str, etc_file: str, etc_dir: str) -> list[str]:
+    """A generator's configuration in reading order: the main file, then *.conf of the system and /etc drop-in
+    directories by name (a same-named /etc file replaces the system one)."""
+    by_name = {}
+    for d in (system, etc_dir):
+        path = rooted(root, d)
+        if d and os.path.isdir(path):
+            for f in os.listdir(path):
+                if f.endswith(".conf") and not f.startswith("."):
+                    by_name[f] = os.path.join(path, f)
+    return [rooted(root, etc_file)] + [by_name[f] for f in sorted(by_name)]
+
+
+def _shell_settings(paths: list[str], name: str, append_pattern: str) -> tuple[str | None, list[str]]:
+    """The last plain ``name=value`` and every word appended by ``append_pattern`` across sourced shell files."""
+    last, items = None, []
+    for path in paths:
+        text = read_conf(path, "initramfs generator configuration") or ""
+        for m in re.finditer(rf'^\s*{name}=\s*["\']?([A-Za-z]*)', text, re.M):
+            last = m.group(1)
+        items += _parse_list_file(text, append_pattern)
+    return last, items
+
+
+def dracut_carried(root: str) -> tuple[bool, list[str]]:
+    """(hostonly, install_items) of the dracut configuration under ``root``."""
+    paths = _conf_files(root, "/usr/lib/dracut/dracut.conf.d", "/etc/dracut.conf", "/etc/dracut.conf.d")
+    hostonly, items = _shell_settings(paths, "hostonly", r'^\s*install_items\+?=\s*"([^"]*)"')
+    return hostonly in ("yes", "y", "1"), items
+
+
+def mkinitcpio_files(root: str) -> list[str]:
+    paths = _conf_files(root, "", "/etc/mkinitcpio.conf", "/etc/mkinitcpio.conf.d")
+    return _shell_settings(paths, "FILES", r"^\s*FILES\+?=\(([^)]*)\)")[1]
+
+
+def carries(root: str, path: str, gens: list[str]) -> bool:
+    """Whether the image of one of ``gens`` carries the file at ``path`` (absolute, without the root prefix) once
+    regenerated: by the generator's own rules (initramfs-tools: modprobe.d and /etc/udev/rules.d; dracut: the
+    system modprobe.d, /etc/modprobe.d in hostonly mode, modules-load.d) or because its configuration names it
+    (dracut install_items, mkinitcpio FILES - what O(files) of the initramfs module writes)."""
+    directory, name = os.path.split(path)
+    conf = name.endswith(".conf") and not name.startswith(".")
+    for gen in gens:
+        if gen == "initramfs-tools":
+            if (conf and directory in _MODPROBE_DIRS) or (directory == "/etc/udev/rules.d" and name.endswith(".rules")):
+                return True
+        elif gen == "dracut":
+            hostonly, items = dracut_carried(root)
+            modprobe = _MODPROBE_DIRS if hostonly else _MODPROBE_DIRS[1:]
+            if path in items or (conf and directory in modprobe + _MODULES_LOAD_DIRS):
+                return True
+        elif gen == "mkinitcpio" and path in mkinitcpio_files(root):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,7 +357,9 @@ def check_image(paths: list[str], modules: list[str], builtin: set[str], files: 
     missing_files = []
     for f in files:
         rel = f.lstrip("/")
-        if rel not in files_in and rel not in merged and ("usr/" + rel) not in files_in:
+        # initramfs-tools' udev hook copies /etc/udev/rules.d/X to lib/udev/rules.d/X inside the image.
+        alias = "lib/udev/rules.d/" + rel[len("etc/udev/rules.d/") :] if rel.startswith("etc/udev/rules.d/") else rel
+        if not {rel, alias, "usr/" + rel, "usr/" + alias} & (files_in | merged):
             missing_files.append(f)
     return {
         "modules": sorted(m for m in (norm(x) for x in modules) if m in mods),
@@ -304,6 +408,7 @@ class Plan:
         self.warnings: list[str] = []
         self.targets: list[tuple[str, str, str]] = []  # (key, kernel version, image path)
         self.commands: list[list[str]] = []
+        self.verify_files: list[str] = []
 
     @property
     def config_changed(self) -> bool:
@@ -326,10 +431,18 @@ def plan_initramfs(
     name: str,
     run,
     tools: dict,
+    files: list[str] | None = None,
 ) -> Plan:
-    """Compute the configuration change and which kernels' images to regenerate (reading the current images)."""
+    """Compute the configuration change and which kernels' images to regenerate (reading the current images).
+
+    ``files`` must be inside the images: dracut and mkinitcpio get them listed in the drop-in (install_items,
+    FILES); initramfs-tools copies /etc/modprobe.d and /etc/udev/rules.d by its own hooks, so there they are only
+    verified. With ``present`` false they leave the drop-in."""
     plan = Plan(backend)
     modules = validate_modules(modules)
+    files = validate_files(files or [])
+    verify_files = list(verify_files) + [f for f in files if f not in verify_files] if present else []
+    plan.verify_files = verify_files
     kernel_versions = validate_request([], kernel_versions)[1]
     kernels = list(kernel_versions) if kernel_versions else installed_kernels(root)
     if not kernels:
@@ -365,9 +478,7 @@ def plan_initramfs(
     elif backend == "dracut":
         plan.config_path = rooted(root, f"/etc/dracut.conf.d/{name}.conf")
         plan.config_before = read_conf(plan.config_path)
-        plan.config_after = _owned_file(
-            plan.config_before, dracut_modules(plan.config_before), config_modules, present, render_dracut
-        )
+        plan.config_after = _owned_file(plan.config_before, dracut_lists, config_modules, files, present, render_dracut)
     elif backend == "mkinitcpio":
         confd = rooted(root, "/etc/mkinitcpio.conf.d")
         if not os.path.isdir(confd):
@@ -378,7 +489,7 @@ def plan_initramfs(
         plan.config_path = os.path.join(confd, f"{name}.conf")
         plan.config_before = read_conf(plan.config_path)
         plan.config_after = _owned_file(
-            plan.config_before, mkinitcpio_modules(plan.config_before), config_modules, present, render_mkinitcpio
+            plan.config_before, mkinitcpio_lists, config_modules, files, present, render_mkinitcpio
         )
     else:
         raise InitramfsError(f"unknown backend {backend!r}")
@@ -435,9 +546,10 @@ def plan_initramfs(
     return plan
 
 
-def verify(plan: Plan, root: str, present: bool, verify_files: list[str], run, tools: dict) -> list[str]:
+def verify(plan: Plan, root: str, present: bool, run, tools: dict) -> list[str]:
     """List every image again; return the problems (missing modules or files) of state=present."""
     problems = []
+    verify_files = plan.verify_files
     for key, ver, image in plan.targets:
         if not os.path.exists(image):
             if present:

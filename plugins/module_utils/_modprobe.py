@@ -33,7 +33,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
-from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils import _initramfs, _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_config
 
 MODPROBE_DIRS = (
@@ -52,26 +52,6 @@ MODULES_LOAD_DIRS = (
 )
 DEFAULT_MODPROBE_PATH = "/etc/modprobe.d/hostdev-vfio.conf"
 DEFAULT_MODULES_LOAD_PATH = "/etc/modules-load.d/hostdev-vfio.conf"
-
-# Which files each initramfs generator copies into the image (Debian's mkinitramfs: /etc/modprobe.d/*.conf and
-# /lib/modprobe.d/*.conf; dracut 90kernel-modules: /lib/modprobe.d/*.conf, and /etc/modprobe.d/*.conf in host-only
-# mode; dracut 01systemd-modules-load: /etc/modules-load.d/*.conf and /usr/lib/modules-load.d/*.conf).
-# /usr/lib and /lib are the same directory on merged-/usr systems, so both are listed.
-INITRAMFS_COPIED_DIRS = {
-    "initramfs-tools": ("/etc/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d"),
-    "dracut": (
-        "/etc/modprobe.d",
-        "/lib/modprobe.d",
-        "/usr/lib/modprobe.d",
-        "/etc/modules-load.d",
-        "/usr/lib/modules-load.d",
-        "/lib/modules-load.d",
-    ),
-}
-INITRAMFS_GENERATOR_BINARIES = {
-    "initramfs-tools": ("usr/sbin/update-initramfs", "sbin/update-initramfs"),
-    "dracut": ("usr/bin/dracut", "usr/sbin/dracut", "sbin/dracut"),
-}
 
 # The rules live in _validate (full-string matches: use .fullmatch); these names stay importable from here.
 MODULE_NAME_RE = _validate.MODULE_NAME_RE
@@ -507,20 +487,13 @@ def check_release(release):
 
 
 def initramfs_generators(root="/"):
-    """The initramfs generators installed under ``root`` (initramfs-tools, dracut)."""
-    return [
-        gen
-        for gen, bins in INITRAMFS_GENERATOR_BINARIES.items()
-        if any(os.path.exists(join_root(root, "/" + b)) for b in bins)
-    ]
+    """The initramfs generators installed under ``root`` (the model lives in _initramfs)."""
+    return _initramfs.generators(root)
 
 
-def initramfs_copies(path, generators):
-    """Whether one of ``generators`` copies the file at ``path`` (without root prefix) into the initramfs."""
-    name = os.path.basename(path)
-    if name.startswith(".") or not name.endswith(".conf"):
-        return False
-    return any(os.path.dirname(path) in INITRAMFS_COPIED_DIRS.get(g, ()) for g in generators)
+def initramfs_copies(path, generators, root="/"):
+    """Whether one of ``generators`` carries the file at ``path`` (without root prefix) in its image."""
+    return _initramfs.carries(root, path, generators)
 
 
 def kernel_release(release=None):
@@ -831,7 +804,7 @@ def _load(root, path, what="modprobe.d file"):
 def _finish(plan, root, generators):
     if generators is None:
         generators = initramfs_generators(root)
-    plan.initramfs_update_needed = bool(plan.changed) and initramfs_copies(plan.path, generators)
+    plan.initramfs_update_needed = bool(plan.changed) and initramfs_copies(plan.path, generators, root)
     plan.info["initramfs_generators"] = generators
     return plan
 

@@ -283,6 +283,9 @@ def vfio_group_mode(field: str, value) -> str:
 # Used by kernel_cmdline and initramfs. Each wraps or complements the rules above without changing them.
 _KARG_NAME_CHAR_RE = re.compile(r"[A-Za-z0-9_.-]")
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+# A file copied into an initramfs: its path is written into a shell-sourced generator configuration (dracut's
+# install_items, mkinitcpio's FILES), so no blank, quote, '$', '`', ';', '(' or ')' - one plain absolute path.
+IMAGE_FILE_RE = re.compile(r"(?:/[A-Za-z0-9_.+@-]+)+")
 
 
 def kernel_arg_named(field: str, value) -> tuple:
@@ -319,4 +322,13 @@ def path_text(field: str, value) -> str:
     text(field, value, max_len=1024)
     if not value.startswith("/"):
         raise InvalidValue(f"{field}: {shown(value)} must be an absolute path")
+    return value
+
+
+def image_file(field: str, value) -> str:
+    """An absolute path of a file the initramfs must carry (``/etc/modprobe.d/x.conf``): letters, digits and
+    ``_ . + @ -`` between slashes, no ``.`` or ``..`` component, at most 1024 characters."""
+    _pattern(field, value, IMAGE_FILE_RE, "an absolute path of letters, digits and _ . + @ - between slashes", 1024)
+    if any(part in (".", "..") for part in value.split("/")):
+        raise InvalidValue(f"{field}: {shown(value)} contains a '.' or '..' component; give the plain path")
     return value

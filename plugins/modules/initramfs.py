@@ -73,9 +73,24 @@ options:
         space is refused. Directory names under C(/lib/modules) that are not such a release are ignored.
     type: list
     elements: str
+  files:
+    description:
+      - Files every image must carry - the C(modprobe.d) file and the udev rules that make binding early, such as
+        C(/etc/modprobe.d/vfio.conf) and the rules file of M(hostdev.vfio.vfio_bind) (RV(hostdev.vfio.vfio_bind#module:rules_file)).
+      - V(dracut) copies C(/etc/udev/rules.d) never and C(/etc/modprobe.d) only in hostonly mode, V(mkinitcpio)
+        neither, so for them the files are listed in the drop-in (C(install_items+=), C(FILES+=())); with
+        O(state=absent) they are taken out of it again. V(initramfs-tools) copies C(/etc/modprobe.d) and
+        C(/etc/udev/rules.d) by its own hooks (a rule lands in C(lib/udev/rules.d) inside the image, which counts),
+        so there they are only verified; any other path must be copied by a hook of your own.
+      - Each is an absolute path of letters, digits and C(_ . + @ -) between slashes (it is written into a
+        shell-sourced configuration), checked before anything is read or run. Verified like O(verify_files).
+    type: list
+    elements: str
+    default: []
   verify_files:
     description:
       - Absolute paths that must be inside every image after the change, such as C(/etc/modprobe.d/vfio.conf).
+        Only checked, never added to the configuration (see O(files)).
     type: list
     elements: path
     default: []
@@ -114,11 +129,12 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Load vfio early on every installed kernel
+- name: Load vfio early on every installed kernel, with its modprobe.d file and the udev rule of vfio_bind
   hostdev.vfio.initramfs:
     modules: [vfio, vfio_iommu_type1, vfio_pci, vfio_virqfd]
-    verify_files:
+    files:
       - /etc/modprobe.d/vfio.conf
+      - /etc/udev/rules.d/05-hostdev-vfio.rules
     files_changed: "{{ vfio_conf is changed }}"
   register: initramfs
 
@@ -193,6 +209,7 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import (
     InitramfsError,
     detect_backend,
     plan_initramfs,
+    validate_files,
     validate_request,
     verify,
 )
@@ -220,6 +237,7 @@ def main():
             regenerate=dict(type="str", default="auto", choices=["auto", "always", "never"]),
             files_changed=dict(type="bool", default=False),
             kernel_versions=dict(type="list", elements="str"),
+            files=dict(type="list", elements="str", default=[]),
             verify_files=dict(type="list", elements="path", default=[]),
             backend=dict(type="str", default="auto", choices=["auto", "initramfs-tools", "dracut", "mkinitcpio"]),
             name=dict(type="str", default="hostdev-vfio"),
@@ -235,6 +253,7 @@ def main():
         _validate.path_text("root", p["root"])
         for index, f in enumerate(p["verify_files"]):
             _validate.path_text(f"verify_files[{index}]", f)
+        validate_files(p["files"])
     except (InitramfsError, _validate.InvalidValue) as e:
         module.fail_json(msg=str(e))
     backend = p["backend"]
@@ -265,6 +284,7 @@ def main():
             p["name"],
             run,
             tools,
+            p["files"],
         )
     except InitramfsError as e:
         module.fail_json(msg=str(e), backend=backend)
@@ -307,7 +327,7 @@ def main():
         if rc != 0:
             module.fail_json(msg=f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result())
     try:
-        problems = verify(plan, p["root"], present, p["verify_files"], run, tools)
+        problems = verify(plan, p["root"], present, run, tools)
     except InitramfsError as e:
         module.fail_json(msg=str(e), **result())
     if problems and p["regenerate"] == "never":
@@ -316,6 +336,11 @@ def main():
         problems = []
     if problems:
         hint = "" if plan.commands else " (nothing was regenerated: run with regenerate=always)"
+        if backend == "initramfs-tools" and any(f in problem for problem in problems for f in p["files"]):
+            hint += (
+                "; initramfs-tools copies only /etc/modprobe.d and /etc/udev/rules.d by its own hooks: copy other "
+                "files with a hook in /etc/initramfs-tools/hooks"
+            )
         module.fail_json(msg="; ".join(problems) + hint, **result())
     module.exit_json(**result())
 

@@ -110,7 +110,8 @@ notes:
   - The group viability rule is the kernel's - every member unbound, on a vfio driver, on pci-stub or
     (bridges) on pcieport.
   - After a change of the rules file, regenerate the initramfs (for example with M(hostdev.vfio.initramfs)) so
-    the rule also acts inside it; RV(initramfs_update_needed) says when.
+    the rule also acts inside it; RV(initramfs_update_needed) says when. dracut and mkinitcpio copy the file only
+    when it is named in O(hostdev.vfio.initramfs#module:files).
 seealso:
   - module: hostdev.vfio.iommu_facts
   - name: Kernel VFIO documentation
@@ -132,9 +133,11 @@ EXAMPLES = r"""
     persistent: true
   register: bound
 
-- name: Regenerate the initramfs when the udev rule changed
+- name: Put the udev rule into the initramfs (dracut and mkinitcpio copy it only when told) and regenerate
   hostdev.vfio.initramfs:
-  when: bound.initramfs_update_needed
+    modules: [vfio, vfio_iommu_type1, vfio_pci]
+    files: ["{{ bound.rules_file.path }}"]
+    files_changed: "{{ bound.rules_file.changed }}"
 
 - name: One NIC behind a bridge to vfio-pci, the other endpoints of its group to pci-stub
   hostdev.vfio.vfio_bind:
@@ -201,7 +204,10 @@ rules_file:
   type: dict
   sample: {"path": "/etc/udev/rules.d/05-hostdev-vfio.rules", "changed": true, "exists": true}
 initramfs_update_needed:
-  description: The udev rules file changed; regenerate the initramfs (it carries a copy of /etc/udev/rules.d).
+  description:
+    - The udev rules file changed and the host's initramfs carries it - initramfs-tools copies /etc/udev/rules.d
+      by itself, dracut and mkinitcpio only when their configuration names the file (O(hostdev.vfio.initramfs#module:files)
+      writes that); regenerate the initramfs. When the file changed but no image carries it, a warning says so.
   returned: always
   type: bool
   sample: true
@@ -216,13 +222,22 @@ rollback:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostdev.vfio.plugins.module_utils import _bind
+from ansible_collections.hostdev.vfio.plugins.module_utils import _bind, _initramfs
 from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import SysfsKernel
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
 from ansible_collections.hostdev.vfio.plugins.module_utils._safety import protected
 
 LIVE_ROOTS = ("/sys", "/proc", "/dev")
+INITRAMFS_ROOT = "/"  # where the initramfs generators and their configuration are looked for (tests: a fake tree)
+
+
+def initramfs_carrying(path):
+    """(installed generators, whether one of their images carries ``path``) under INITRAMFS_ROOT."""
+    root = INITRAMFS_ROOT
+    rel = path if root == "/" else "/" + os.path.relpath(path, root)
+    gens = _initramfs.generators(root)
+    return gens, _initramfs.carries(root, rel, gens)
 
 
 def make_kernel(module, sysfs_root, dev_root):
@@ -304,12 +319,18 @@ def main():
         module.fail_json(msg=exc.msg, **result)
     for warning in plan.warnings:
         module.warn(warning)
+    generators, carried = initramfs_carrying(plan.rules_path) if plan.rules_changed else ([], False)
+    if generators and not carried:
+        module.warn(
+            f"{plan.rules_path} changed but the initramfs ({', '.join(generators)}) does not carry it: name it in "
+            "hostdev.vfio.initramfs files so the rule also acts before the root file system is mounted"
+        )
     result.update(
         changed=plan.changed,
         devices=[d.result() for d in plan.devices],
         groups=_bind.group_results(snapshot, plan.groups),
         modules_loaded=[m for m, _d in plan.modules],
-        initramfs_update_needed=plan.rules_changed,
+        initramfs_update_needed=carried,
         rules_file={"path": plan.rules_path, "changed": plan.rules_changed, "exists": bool(plan.rules_after)},
     )
     if module._diff and plan.changed:

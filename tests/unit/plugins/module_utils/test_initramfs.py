@@ -63,9 +63,24 @@ class FakeHost:
         if self.flavour == "initramfs-tools":
             text = ir.read_conf(str(self.root / "etc/initramfs-tools/modules")) or ""
             return [ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        return self.lists()[0]
+
+    def lists(self):
+        """(modules, files) of the generator's drop-in (dracut, mkinitcpio)."""
         if self.flavour == "dracut":
-            return ir.dracut_modules(ir.read_conf(str(self.root / "etc/dracut.conf.d/hostdev-vfio.conf")))
-        return ir.mkinitcpio_modules(ir.read_conf(str(self.root / "etc/mkinitcpio.conf.d/hostdev-vfio.conf")))
+            return ir.dracut_lists(ir.read_conf(str(self.root / "etc/dracut.conf.d/hostdev-vfio.conf")))
+        return ir.mkinitcpio_lists(ir.read_conf(str(self.root / "etc/mkinitcpio.conf.d/hostdev-vfio.conf")))
+
+    def copied_files(self):
+        """What each generator copies of /etc: initramfs-tools every modprobe.d file and every udev rule (into
+        lib/udev/rules.d), dracut (not hostonly) and mkinitcpio only the files their configuration names."""
+        if self.flavour == "initramfs-tools":
+            out = []
+            for sub, inside in (("etc/modprobe.d", "etc/modprobe.d"), ("etc/udev/rules.d", "usr/lib/udev/rules.d")):
+                if (self.root / sub).is_dir():
+                    out += [f"{inside}/{f}" for f in sorted(os.listdir(self.root / sub))]
+            return out
+        return [f.lstrip("/") for f in self.lists()[1] if (self.root / f.lstrip("/")).exists()]
 
     def build(self, ver):
         mods = ["virtio_blk"] + (self.wanted() if (self.root / "etc").exists() else [])
@@ -77,9 +92,8 @@ class FakeHost:
             for dl in dep.splitlines():
                 if ir.norm(os.path.basename(dl.split(":")[0]).split(".ko")[0]) == ir.norm(m):
                     lines.append(f"usr/lib/modules/{ver}/{dl.split(':')[0]}")
-        md = self.root / "etc/modprobe.d"
-        if md.is_dir():
-            lines += [f"etc/modprobe.d/{f}" for f in sorted(os.listdir(md))]
+        if (self.root / "etc").exists():
+            lines += self.copied_files()
         self.image(ver).write_text("\n".join(lines) + "\n")
 
     def run(self, argv):
@@ -104,7 +118,9 @@ class FakeHost:
         # lsinitrd / lsinitcpio -l: ls -l like lines
         return 0, "".join(f"-rw-r--r--   1 root root   1234 Jan  1 00:00 {p}\n" for p in paths), ""
 
-    def plan(self, modules=None, present=True, regenerate="auto", files=(), files_changed=False, kernels=None):
+    def plan(
+        self, modules=None, present=True, regenerate="auto", files=(), files_changed=False, kernels=None, carry=()
+    ):
         modules = VFIO if modules is None else modules
         return ir.plan_initramfs(
             str(self.root),
@@ -118,6 +134,7 @@ class FakeHost:
             "hostdev-vfio",
             self.run,
             TOOLS,
+            list(carry),
         )
 
     def apply(self, plan):
@@ -129,7 +146,7 @@ class FakeHost:
                     f.write(plan.config_after)
         for argv in plan.commands:
             self.run(argv)
-        return ir.verify(plan, str(self.root), plan.modules_by_kernel is not None, [], self.run, TOOLS)
+        return ir.verify(plan, str(self.root), plan.modules_by_kernel is not None, self.run, TOOLS)
 
 
 B = "# BEGIN hostdev-vfio: managed by hostdev.vfio.initramfs, do not edit by hand\n"
@@ -333,3 +350,86 @@ def test_detect_backend(tmp_path):
     assert ir.detect_backend(str(tmp_path), lambda n: n if n == "dracut" else None) == "dracut"
     assert ir.detect_backend(str(tmp_path), lambda n: n if n == "mkinitcpio" else None) == "mkinitcpio"
     assert ir.detect_backend(str(tmp_path), lambda n: None) == ""
+
+
+RULE = "/etc/udev/rules.d/05-hostdev-vfio.rules"
+CONF = "/etc/modprobe.d/hostdev-vfio-passthrough.conf"
+
+
+def _write_carried(root):
+    (root / "etc/udev/rules.d").mkdir(parents=True, exist_ok=True)
+    (root / RULE.lstrip("/")).write_text('ACTION=="add", KERNEL=="0000:00:04.0", ATTR{driver_override}="vfio-pci"\n')
+    (root / CONF.lstrip("/")).write_text("softdep e1000e pre: vfio-pci\n")
+
+
+@pytest.mark.parametrize(
+    ("flavour", "line"),
+    [
+        ("dracut", f'install_items+=" {CONF} {RULE} "'),
+        ("mkinitcpio", f"FILES+=({CONF} {RULE})"),
+    ],
+)
+def test_carried_files_enter_the_drop_in_and_the_image_and_leave_again(tmp_path, flavour, line):
+    host = FakeHost(tmp_path, flavour=flavour)
+    _write_carried(tmp_path)
+    # Without `files` the generator leaves both out: verify_files alone reports them missing after regeneration.
+    plan = host.plan(files=[CONF, RULE])
+    problems = host.apply(plan)
+    assert problems and all(CONF in p and RULE in p for p in problems)
+    plan = host.plan(carry=[CONF, RULE])
+    assert plan.config_changed and line in plan.config_after
+    assert plan.verify_files == [CONF, RULE]
+    assert host.apply(plan) == []
+    image = host.image("6.1.0-26-amd64").read_text().split()
+    assert CONF.lstrip("/") in image and RULE.lstrip("/") in image
+    again = host.plan(carry=[RULE])  # present is additive: naming one file keeps the other
+    assert not again.changed
+    # absent: the files leave the drop-in with the modules; an empty drop-in is removed
+    gone = host.plan(present=False, carry=[CONF, RULE])
+    assert gone.config_after is None and gone.regenerate
+    host.apply(gone)
+    assert RULE.lstrip("/") not in host.image("6.1.0-26-amd64").read_text()
+
+
+def test_carried_files_on_initramfs_tools_are_verified_not_configured(tmp_path):
+    host = FakeHost(tmp_path)
+    _write_carried(tmp_path)
+    plan = host.plan(carry=[CONF, RULE])
+    assert "05-hostdev-vfio.rules" not in (plan.config_after or "") and CONF not in plan.config_after
+    assert host.apply(plan) == []
+    listing = host.image("6.1.0-26-amd64").read_text().split()
+    # the udev hook puts the rule under lib/udev/rules.d: that counts as carried
+    assert "usr/lib/udev/rules.d/05-hostdev-vfio.rules" in listing and RULE.lstrip("/") not in listing
+    info = host.plan(carry=[CONF, RULE]).images["6.1.0-26-amd64"]
+    assert info["files"] == [CONF, RULE] and info["missing_files"] == []
+
+
+def test_a_carried_file_the_generator_does_not_copy_is_reported(tmp_path):
+    host = FakeHost(tmp_path)
+    (tmp_path / "etc/vfio-extra.conf").write_text("x\n")
+    plan = host.plan(carry=["/etc/vfio-extra.conf"], regenerate="always")
+    assert host.apply(plan) == [f"{host.image('6.1.0-26-amd64')} lacks /etc/vfio-extra.conf"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "etc/x.conf",
+        "/etc/a b.conf",
+        '/etc/x"; rm -rf /',
+        "/etc/$(id).conf",
+        "/etc/x)\nFILES+=(/y",
+        "/etc/../x",
+        "/etc/./x",
+        "",
+        "/etc/x\n",
+        "/etc/`id`",
+        "/etc/x;y",
+        "/" + "a" * 1100,
+    ],
+)
+def test_hostile_carried_files_are_refused_before_anything_is_read(tmp_path, bad):
+    host = FakeHost(tmp_path, flavour="dracut")
+    with pytest.raises(InitramfsError, match=r"^files\[0\]: "):
+        host.plan(carry=[bad])
+    assert host.calls == [] and not (tmp_path / "etc/dracut.conf.d/hostdev-vfio.conf").exists()

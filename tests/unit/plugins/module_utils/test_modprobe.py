@@ -353,12 +353,38 @@ def test_new_file_hides_a_later_same_named_file(tmp_path):
         ("/etc/modprobe.d/vfio.alias", ["initramfs-tools"], False),
         ("/etc/modules-load.d/vfio.conf", ["initramfs-tools"], False),
         ("/etc/modules-load.d/vfio.conf", ["dracut"], True),
-        ("/etc/modprobe.d/vfio.conf", ["dracut"], True),
+        ("/usr/lib/modprobe.d/vfio.conf", ["dracut"], True),
+        # dracut copies /etc/modprobe.d only in hostonly mode (none configured under this root)
+        ("/etc/modprobe.d/vfio.conf", ["dracut"], False),
+        ("/etc/udev/rules.d/05-hostdev-vfio.rules", ["initramfs-tools"], True),
+        ("/etc/udev/rules.d/05-hostdev-vfio.rules", ["dracut"], False),
+        ("/etc/udev/rules.d/05-hostdev-vfio.rules", ["mkinitcpio"], False),
+        ("/etc/modprobe.d/vfio.conf", ["mkinitcpio"], False),
         ("/etc/modprobe.d/vfio.conf", [], False),
     ],
 )
-def test_initramfs_copies(path, generators, copied):
-    assert mp.initramfs_copies(path, generators) is copied
+def test_initramfs_copies(tmp_path, path, generators, copied):
+    assert mp.initramfs_copies(path, generators, str(tmp_path)) is copied
+
+
+def test_dracut_hostonly_and_install_items_decide_what_its_image_carries(tmp_path):
+    conf = "/etc/modprobe.d/vfio.conf"
+    write(tmp_path, "/usr/lib/dracut/dracut.conf.d/01-dist.conf", 'hostonly="yes"\n')
+    assert mp.initramfs_copies(conf, ["dracut"], str(tmp_path))
+    # a later file (by name, /etc replacing /usr/lib) turns hostonly off again
+    write(tmp_path, "/etc/dracut.conf.d/50-lab.conf", 'hostonly="no"\n')
+    assert not mp.initramfs_copies(conf, ["dracut"], str(tmp_path))
+    write(tmp_path, "/etc/dracut.conf.d/hostdev-vfio.conf", f'install_items+=" {conf} /etc/udev/rules.d/x.rules "\n')
+    assert mp.initramfs_copies(conf, ["dracut"], str(tmp_path))
+    assert mp.initramfs_copies("/etc/udev/rules.d/x.rules", ["dracut"], str(tmp_path))
+
+
+def test_mkinitcpio_files_decide_what_its_image_carries(tmp_path):
+    write(tmp_path, "/etc/mkinitcpio.conf", "MODULES=()\nFILES=(/etc/modprobe.d/a.conf)\n")
+    write(tmp_path, "/etc/mkinitcpio.conf.d/hostdev-vfio.conf", "FILES+=(/etc/udev/rules.d/x.rules)\n")
+    for path in ("/etc/modprobe.d/a.conf", "/etc/udev/rules.d/x.rules"):
+        assert mp.initramfs_copies(path, ["mkinitcpio"], str(tmp_path))
+    assert not mp.initramfs_copies("/etc/modprobe.d/b.conf", ["mkinitcpio"], str(tmp_path))
 
 
 def test_initramfs_generators_are_detected_under_root(tmp_path):
@@ -367,6 +393,8 @@ def test_initramfs_generators_are_detected_under_root(tmp_path):
     assert mp.initramfs_generators(str(tmp_path)) == ["initramfs-tools"]
     write(tmp_path, "/usr/bin/dracut", "#!/bin/sh\n")
     assert mp.initramfs_generators(str(tmp_path)) == ["initramfs-tools", "dracut"]
+    write(tmp_path, "/usr/bin/mkinitcpio", "#!/bin/sh\n")
+    assert mp.initramfs_generators(str(tmp_path)) == ["initramfs-tools", "dracut", "mkinitcpio"]
 
 
 def test_builtin_and_loadable_lists(tmp_path):

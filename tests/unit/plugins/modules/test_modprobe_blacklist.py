@@ -10,6 +10,9 @@ from ansible_collections.hostdev.vfio.tests.unit.plugins.modules.utils import ru
 def test_blacklist_cycle(tmp_path):
     (tmp_path / "usr" / "bin").mkdir(parents=True)
     (tmp_path / "usr" / "bin" / "dracut").write_text("#!/bin/sh\n")
+    # a hostonly dracut (Fedora's default) copies /etc/modprobe.d into its image
+    (tmp_path / "etc" / "dracut.conf.d").mkdir(parents=True)
+    (tmp_path / "etc" / "dracut.conf.d" / "01-dist.conf").write_text('hostonly="yes"\n')
     conf = tmp_path / "etc" / "modprobe.d" / "hostdev-vfio.conf"
     a = {"root": str(tmp_path), "name": "nouveau"}
     result, failed = run_module(modprobe_blacklist.main, {**a, "_ansible_check_mode": True})

@@ -20,6 +20,10 @@ def lab(tmp_path, monkeypatch):
     kernel = FakeKernel(host, loadable=LAB_LOADABLE)
     monkeypatch.setattr(vfio_bind, "make_kernel", lambda module, sysfs, dev: kernel)
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    # the initramfs generator is looked for under tmp_path: initramfs-tools, which copies /etc/udev/rules.d
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/sbin/update-initramfs").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(vfio_bind, "INITRAMFS_ROOT", str(tmp_path))
     return host, kernel, tmp_path
 
 
@@ -29,7 +33,7 @@ def args(host, tmp, **extra):
         "proc_root": str(host.proc),
         "dev_root": str(host.dev),
         "state_dir": str(tmp / "state"),
-        "rules_file": str(tmp / "rules.d/05-hostdev-vfio.rules"),
+        "rules_file": str(tmp / "etc/udev/rules.d/05-hostdev-vfio.rules"),
         **extra,
     }
 
@@ -59,7 +63,7 @@ def test_check_mode_returns_plan_and_diff_and_changes_nothing(lab):
     assert result["initramfs_update_needed"] is True
     assert "udev_rule=vfio-pci" in result["diff"]["after"]
     assert kernel.log == []
-    assert not (tmp / "rules.d").exists() and not (tmp / "state").exists()
+    assert not (tmp / "etc/udev/rules.d").exists() and not (tmp / "state").exists()
 
 
 def test_apply_with_captured_tree_is_refused(lab):
@@ -144,3 +148,34 @@ def test_bad_values_rejected(lab):
         vfio_bind.main, args(host, tmp, address=["1:0.0"], driver="a b", _ansible_check_mode=True)
     )
     assert failed and "'1:0.0'" in result["msg"] and "'a b'" in result["msg"]
+
+
+@pytest.mark.parametrize(
+    ("generator", "conf", "needed"),
+    [
+        ("usr/sbin/update-initramfs", None, True),  # initramfs-tools' udev hook copies /etc/udev/rules.d
+        ("usr/bin/dracut", None, False),  # dracut installs a fixed list of rules: not ours
+        ("usr/bin/dracut", 'install_items+=" /etc/udev/rules.d/05-hostdev-vfio.rules "\n', True),
+        ("usr/bin/mkinitcpio", None, False),
+        (None, None, False),  # no initramfs at all
+    ],
+)
+def test_initramfs_update_needed_follows_what_the_generator_carries(lab, monkeypatch, generator, conf, needed):
+    host, _kernel, tmp = lab
+    fake = tmp / "gen-root"
+    if generator:
+        (fake / generator).parent.mkdir(parents=True)
+        (fake / generator).write_text("#!/bin/sh\n")
+    if conf:
+        (fake / "etc/dracut.conf.d").mkdir(parents=True)
+        (fake / "etc/dracut.conf.d/hostdev-vfio.conf").write_text(conf)
+    monkeypatch.setattr(vfio_bind, "INITRAMFS_ROOT", str(fake))
+    rules = fake / "etc/udev/rules.d/05-hostdev-vfio.rules"
+    result, failed = run_module(
+        vfio_bind.main,
+        {**args(host, tmp, address=["00:04.0"], persistent=True, _ansible_check_mode=True), "rules_file": str(rules)},
+    )
+    assert not failed and result["rules_file"]["changed"]
+    assert result["initramfs_update_needed"] is needed
+    warned = any("does not carry it" in w for w in result.get("warnings", []))
+    assert warned is (generator is not None and not needed)
