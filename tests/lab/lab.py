@@ -10,7 +10,7 @@ that does not come back gets one on purpose, whatever the machine's speed.
 A guest's `flavour` (fleet.yml) picks its base image and firmware: bookworm-bios-grub (the default) or
 trixie-uefi-sdboot-dracut-lvm (OVMF, systemd-boot, dracut, LVM root); see FLAVOURS and tests/lab/README.md.
 Environment: LAB_BOOT_TIMEOUT (s, default 900), LAB_DOWN_TIMEOUT (s, default 90), LAB_ACCEL (tcg|kvm, default auto),
-LAB_FLEET (another fleet file, e.g. tests/lab/fleet-trixie.yml; the inventory then holds that fleet's guests).
+LAB_FLEET (another fleet file, e.g. a copy of fleet.yml on other ssh ports; the inventory then holds its guests).
 """
 
 import argparse
@@ -52,7 +52,22 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 FLAVOURS = {
     # SeaBIOS, GRUB i386-pc reads the SMBIOS type 1 serial number into ${lab_args} (build-image).
-    "bookworm-bios-grub": {"build_arg": None, "firmware": "bios", "kernel_args_via": "smbios-serial", "tools": {}},
+    # boot: what the targets need to know of a flavour's boot stack (inventory variable lab_boot): the backends
+    # kernel_cmdline and initramfs detect, the image lister, the initramfs image and the root file system's
+    # kernel name (the EXT4-fs "mounted" line of the kernel log).
+    "bookworm-bios-grub": {
+        "build_arg": None,
+        "firmware": "bios",
+        "kernel_args_via": "smbios-serial",
+        "tools": {},
+        "boot": {
+            "bootloader": "grub",
+            "initramfs": "initramfs-tools",
+            "lister": "lsinitramfs",
+            "root_fs": "vda1",
+            "files": ["/etc/default/grub", "/etc/initramfs-tools/modules"],
+        },
+    },
     # OVMF (UEFI), systemd-boot appends the SMBIOS type 11 string io.systemd.boot.kernel-cmdline-extra=... to the
     # BLS entry's options.
     "trixie-uefi-sdboot-dracut-lvm": {
@@ -60,6 +75,13 @@ FLAVOURS = {
         "firmware": "uefi",
         "kernel_args_via": "smbios-sdboot-extra",
         "tools": {"mkfs.vfat": "dosfstools", "mcopy": "mtools", "pvcreate": "lvm2", "losetup": "mount"},
+        "boot": {
+            "bootloader": "systemd-boot",
+            "initramfs": "dracut",
+            "lister": "lsinitrd",
+            "root_fs": "dm-0",
+            "files": ["/etc/kernel/cmdline", "/etc/dracut.conf.d/50-hostdev-lab.conf"],
+        },
     },
 }
 BOOT_TIMEOUT = int(os.environ.get("LAB_BOOT_TIMEOUT", "900"))
@@ -499,6 +521,7 @@ def write_inventory(fleet):
             "-o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o LogLevel=ERROR",
             "lab_iommu": guest["iommu"],
             "lab_flavour": flavour_of(guest),
+            "lab_boot": copy.deepcopy(FLAVOURS[flavour_of(guest)]["boot"]),
             "lab_devices": copy.deepcopy(guest["devices"]),
         }
     inventory = {"all": {"children": {"lab": {"hosts": hosts}}}}

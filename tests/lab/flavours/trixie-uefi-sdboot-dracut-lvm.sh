@@ -18,6 +18,8 @@ LV=root
 ENTRY_TOKEN=debian
 PACKAGES=linux-image-amd64,systemd-sysv,systemd-boot,systemd-boot-efi,dracut,lvm2,dbus,openssh-server
 PACKAGES+=,openssh-sftp-server,python3,kmod,pciutils,zstd,udev,iproute2,procps,sudo,driverctl
+# The guest's own QEMU: vmm_probe and the role's verify start it on devices bound to vfio-pci.
+PACKAGES+=,qemu-system-x86
 # Arguments every guest of this image boots with (the BLS entry's options). Per-guest ones come from QEMU's SMBIOS
 # type 11 string io.systemd.boot.kernel-cmdline-extra=..., which systemd-boot appends (lab.py).
 KERNEL_CMDLINE="root=/dev/mapper/$VG-$LV rd.lvm.lv=$VG/$LV ro console=ttyS0,115200n8 mitigations=off no_timer_check"
@@ -51,6 +53,9 @@ DRACUT
     # copied into the ESP by kernel-install's 55-initrd.install. Unmasked, dracut's own kernel-install plugin would
     # build a second one at every `kernel-install add` and the entry would list both initrds.
     ln -sf /dev/null "$root/etc/kernel/install.d/50-dracut.install"
+    # depmod ran when the kernel package was installed; kernel-install's 50-depmod.install would run it again at
+    # every `kernel-install add` (a command-line change), ~30 s of a TCG guest's time for nothing.
+    ln -sf /dev/null "$root/etc/kernel/install.d/50-depmod.install"
 }
 
 flavour_customize() {
