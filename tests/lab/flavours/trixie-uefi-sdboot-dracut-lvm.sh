@@ -132,7 +132,7 @@ make_disk() {
     # LVM metadata through a loop device over the PV partition only; nothing is activated.
     loop=$(losetup --find --show --offset "$pv_at" --sizelimit "$pv_bytes" "$raw")
     # shellcheck disable=SC2064
-    trap "losetup -d $loop 2>/dev/null; rm -rf '$WORK'" EXIT
+    trap "losetup -d $loop 2>/dev/null || true; rm -rf '$WORK'" EXIT
     lvm_quiet pvcreate -q -y --devices "$loop" --config "$LVM_CONFIG" "$loop"
     lvm_quiet vgcreate -q --devices "$loop" --config "$LVM_CONFIG" "$VG" "$loop"
     lvm_quiet lvcreate -q --driverloaded n --devices "$loop" --config "$LVM_CONFIG" -an -Zn -y -l 100%FREE -n "$LV" "$VG"
@@ -140,6 +140,7 @@ make_disk() {
     lv_bytes=$(lvs --noheadings --nosuffix --units b -o lv_size --devices "$loop" --config "$LVM_CONFIG" "$VG/$LV" 2>/dev/null)
     ranges=$(lvs --noheadings -o seg_pe_ranges --devices "$loop" --config "$LVM_CONFIG" "$VG/$LV" 2>/dev/null)
     losetup -d "$loop"
+    trap 'rm -rf "$WORK"' EXIT  # under set -e a failing losetup -d in the trap would skip the removal and exit 1
     pe_start=${pe_start// /} lv_bytes=${lv_bytes// /} ranges=${ranges// /}
     [[ $ranges =~ ^$loop:0-[0-9]+$ ]] || die "the LV is not one linear segment from extent 0: $ranges"
     phase "LVM: PV at byte $pv_at, first extent at +$pe_start, LV $VG/$LV $((lv_bytes / 1048576)) MiB ($ranges)"
