@@ -13,6 +13,7 @@ __metaclass__ = type  # noqa: UP001 - the boilerplate ansible-test sanity expect
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.hostdev.vfio.plugins.module_utils import _handoff
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     is_vfio_driver,
@@ -577,13 +578,21 @@ def vmm_verdict(probe, address: str):
     return None
 
 
-def host_report(name: str, facts, error: str | None = None, probe=None) -> dict:
-    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked."""
+def host_report(name: str, facts, error: str | None = None, probe=None, include: str = "ready", names=None) -> dict:
+    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked.
+
+    Each function carries its verdict (``_handoff.function_verdict``: ``verdict``, ``verdict_summary``,
+    ``verdict_notes``); ``handoff`` holds the four hand-off formats for the ``include`` functions (ready or
+    candidates) with ``names`` by vendor:device.
+    """
     if not facts:
         return {"host": name, "reachable": False, "error": error or "no facts (host unreachable or failed)"}
     devices = passthrough_readiness(facts)
-    for device in devices:
+    for device, verdict in zip(devices, _handoff.verdicts(facts), strict=True):
         device["vmm"] = vmm_verdict(probe, device["address"])
+        device["verdict"] = verdict["verdict"]
+        device["verdict_summary"] = verdict["summary"]
+        device["verdict_notes"] = verdict["notes"]
     groups = [
         {
             "id": g["id"],
@@ -609,16 +618,26 @@ def host_report(name: str, facts, error: str | None = None, probe=None) -> dict:
         "device_count": len(devices),
         "qemu": ((probe or {}).get("qemu") or {}).get("version") if probe else None,
         "qemu_missing": (probe or {}).get("qemu_missing"),
+        "handoff": _handoff.handoff(facts, name, include, names=names),
     }
 
 
-def passthrough_report(hosts: list, host_facts: list, errors=None, probes=None) -> dict:
+def passthrough_report(
+    hosts: list, host_facts: list, errors=None, probes=None, handoff_include: str = "ready", handoff_names=None
+) -> dict:
     """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order;
-    ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked."""
+    ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked; ``handoff_include``
+    and ``handoff_names`` choose the functions and names of each host's hand-off (see hostdev.vfio.handoff_nova)."""
     errors = errors or {}
     hosts, host_facts = _as_list(hosts), _as_list(host_facts)
     probes = _as_list(probes) if probes is not None else [None] * len(hosts)
-    sections = [host_report(h, f, errors.get(h), p) for h, f, p in zip(hosts, host_facts, probes, strict=True)]
+    if handoff_include not in _handoff.INCLUDE:
+        raise ValueError(f"handoff_include: {v.shown(handoff_include)} is not one of {', '.join(_handoff.INCLUDE)}")
+    _handoff.check_names(handoff_names)
+    sections = [
+        host_report(h, f, errors.get(h), p, handoff_include, handoff_names)
+        for h, f, p in zip(hosts, host_facts, probes, strict=True)
+    ]
     reachable = [s for s in sections if s["reachable"]]
     return {
         "hosts": sections,
@@ -629,6 +648,10 @@ def passthrough_report(hosts: list, host_facts: list, errors=None, probes=None) 
             "ready_devices": sum(s["ready_count"] for s in reachable),
             "devices": sum(s["device_count"] for s in reachable),
             "qemu_took": sum(1 for s in reachable for d in s["devices"] if d["vmm"] == "took it"),
+            "verdicts": {
+                code: sum(1 for s in reachable for d in s["devices"] if d["verdict"] == code)
+                for code in _handoff.VERDICTS
+            },
         },
     }
 

@@ -18,6 +18,7 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     read_snapshot,
 )
 from ansible_collections.hostdev.vfio.plugins.module_utils._pciids import PciIds, find_pci_ids
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import HOST_NEEDS, protected
 
 # Kernel parameters that matter for passthrough, by canonical spelling. The kernel treats '-' and '_' in
 # parameter names as the same character, so they are matched that way.
@@ -102,9 +103,14 @@ def _firmware_iommu(sysfs_root: str) -> list[str]:
 
 
 def device_facts(
-    dev: PciDevice, names: PciIds, aliases: ModuleAliases | None = None, modules: dict | None = None
+    dev: PciDevice,
+    names: PciIds,
+    aliases: ModuleAliases | None = None,
+    modules: dict | None = None,
+    needs: list | None = None,
 ) -> dict:
-    """One function as plain data; ``modules`` maps each bound driver to the module that provides it."""
+    """One function as plain data; ``modules`` maps each bound driver to the module that provides it, ``needs``
+    lists ``(check, reason)`` for what the host itself needs it for (``_safety.protected``)."""
     reasons = dev.vfio_blockers()
     if dev.unreadable:
         reasons = [f"its identity cannot be read from sysfs: {dev.unreadable}", *reasons]
@@ -129,6 +135,7 @@ def device_facts(
         "driver_override": dev.driver_override,
         "modalias": dev.modalias,
         "host_modules": aliases.modules_for(dev.modalias) if aliases else [],
+        "builtin_modules": aliases.builtin_for(dev.modalias) if aliases else [],
         "iommu_group": dev.iommu_group,
         "is_bridge": dev.is_bridge,
         "parent": dev.parent,
@@ -141,6 +148,7 @@ def device_facts(
         "vfio_capable": not reasons,
         "vfio_blockers": reasons,
         "unreadable": dev.unreadable,
+        "host_needs": [{"check": check, "reason": reason} for check, reason in needs or []],
     }
 
 
@@ -210,12 +218,14 @@ def gather(
     names: bool = True,
     pci_ids_path: str | None = None,
     modules_root: str = "/lib/modules",
+    ssh_connection: str | None = None,
 ) -> dict:
     """Everything ``iommu_facts`` returns as ``ansible_facts.iommu``.
 
     ``device_class`` limits the output to the IOMMU groups holding a function of one of those class-code
     prefixes (all members of those groups are kept, so companions stay visible); without an IOMMU, to the
-    matching functions themselves.
+    matching functions themselves. ``ssh_connection`` (the ``SSH_CONNECTION`` of the session) lets the NIC that
+    carries it be named among what the host needs (``host_needs``).
     """
     snapshot = read_snapshot(sysfs_root)
     cmdline_text = _read_text(os.path.join(proc_root, "cmdline")).strip()
@@ -235,6 +245,7 @@ def gather(
         keep = {a for g in group_ids for a in snapshot.groups[g].devices} | wanted
         addresses = [a for a in addresses if a in keep]
 
+    needs = protected(snapshot, sysfs_root, proc_root, dev_root, ssh_connection, checks=HOST_NEEDS)
     enabled = snapshot.iommu_enabled
     firmware = _firmware_iommu(sysfs_root)
     return {
@@ -254,5 +265,5 @@ def gather(
             if snapshot.devices[a].unreadable
         ],
         "groups": [group_facts(snapshot, g) for g in group_ids],
-        "devices": [device_facts(snapshot.devices[a], ids, aliases, modules) for a in addresses],
+        "devices": [device_facts(snapshot.devices[a], ids, aliases, modules, needs.get(a)) for a in addresses],
     }

@@ -27,6 +27,7 @@ import struct
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import ADDRESS_RE
 
 CHECKS = ("storage", "network", "console", "vfio-in-use")
+HOST_NEEDS = ("storage", "network", "console")
 _VFIO_FD_RE = re.compile(r"^/dev/vfio/(\d+)$")
 
 
@@ -320,16 +321,23 @@ def protected(
     proc_root: str = "/proc",
     dev_root: str = "/dev",
     ssh_connection: str | None = None,
+    checks: tuple = CHECKS,
 ) -> dict:
-    """{address: [(check, reason), ...]} for every function that the host needs or a process is using."""
-    results = {
-        "storage": check_storage(sysfs_root, proc_root, dev_root),
-        "network": check_network(sysfs_root, proc_root, ssh_connection),
-        "console": check_console(sysfs_root),
-        "vfio-in-use": check_vfio_in_use(snapshot, proc_root),
+    """{address: [(check, reason), ...]} for every function that the host needs or a process is using.
+
+    ``checks`` names the checks to run (all by default); ``HOST_NEEDS`` is the three about what the host itself
+    needs to run (disk, network, console), without the scan of every process's open files.
+    """
+    run = {
+        "storage": lambda: check_storage(sysfs_root, proc_root, dev_root),
+        "network": lambda: check_network(sysfs_root, proc_root, ssh_connection),
+        "console": lambda: check_console(sysfs_root),
+        "vfio-in-use": lambda: check_vfio_in_use(snapshot, proc_root),
     }
     out: dict = {}
     for check in CHECKS:
-        for address, reasons in results[check].items():
+        if check not in checks:
+            continue
+        for address, reasons in run[check]().items():
             out.setdefault(address, []).extend((check, reason) for reason in reasons)
     return out

@@ -320,3 +320,42 @@ def path_text(field: str, value) -> str:
     if not value.startswith("/"):
         raise InvalidValue(f"{field}: {shown(value)} must be an absolute path")
     return value
+
+
+# -- hand-off to VM platforms (Nova, Proxmox VE, KubeVirt, libvirt)
+# Names written into other platforms' configuration. One name serves all four formats, so its rule is the
+# intersection of theirs: a Proxmox VE mapping id (pve-configid, ``[a-z][a-z0-9_-]+``), a Kubernetes resource name
+# (a qualified name: alphanumeric at both ends) and a Nova alias name.
+HANDOFF_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,61}[a-z0-9]")
+# A DNS subdomain (RFC 1123, lower case), the prefix of a Kubernetes extended resource name (``nvidia.com``).
+DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+# A host name label: Proxmox VE's pve-node format (``[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?``), at most 63 long.
+HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def handoff_name(field: str, value) -> str:
+    """A device name for Nova aliases, Proxmox VE mapping ids and KubeVirt resource names (``gpu-1080``)."""
+    return _pattern(
+        field,
+        value,
+        HANDOFF_NAME_RE,
+        "a hand-off name (2-63 of a-z 0-9 _ -, starting with a letter, ending with a letter or digit)",
+        63,
+    )
+
+
+def dns_subdomain(field: str, value) -> str:
+    """A lower-case DNS subdomain (``devices.example.com``), at most 253 characters."""
+    return _pattern(field, value, DNS_SUBDOMAIN_RE, "a lower-case DNS name (a-z 0-9 - and dots)", 253)
+
+
+def host_label(field: str, value) -> str:
+    """One host name label (``pve1``): letters, digits and '-', not at either end."""
+    return _pattern(field, value, HOST_LABEL_RE, "a host name label (A-Z a-z 0-9 -, 1-63, no '-' at either end)", 63)
+
+
+def number(field: str, value, maximum: int = 2**31 - 1) -> int:
+    """A whole number from 0 to ``maximum`` (an IOMMU group, a NUMA node); ``True`` and ``"3"`` are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidValue(f"{field}: {shown(value)} is not a whole number from 0 to {maximum}")
+    return value

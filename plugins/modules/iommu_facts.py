@@ -225,6 +225,12 @@ ansible_facts:
             - C(modalias) is the kernel's modalias of the function, and C(host_modules) the modules whose device
               table matches it (what C(modprobe -R) and C(lspci -k) list), so a function already on vfio-pci still
               names the host drivers that would take it at boot. Empty when the alias tables cannot be read.
+            - C(builtin_modules) lists the drivers built into the kernel (C(modules.builtin.alias)) that match the
+              function. The kernel binds those at boot whatever C(modprobe.d) says.
+            - C(host_needs) lists what the host itself needs the function for, as C(check) (V(storage), V(network),
+              V(console)) and C(reason) - the controller or bridge of a mounted disk or active swap, the NIC of the
+              default route or of this SSH session, the boot VGA device or the framebuffer console. Empty for a
+              function the host can give away.
             - C(unreadable) is null, or why the function's identity could not be read from sysfs (a C(class) or
               C(uevent) attribute that is not what the kernel writes - not hex, empty, not ASCII, too long). Such a
               function is still listed, with ids V(ffff), an empty C(class_code), no names, C(vfio_capable=false),
@@ -241,8 +247,10 @@ ansible_facts:
                     "host_modules": ["nouveau"], "iommu_group": 1, "is_bridge": false,
                     "parent": "0000:00:01.0", "numa_node": null, "boot_vga": false, "reset_methods": ["bus"],
                     "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": [],
-                    "unreadable": null}]
+                    "unreadable": null, "builtin_modules": [], "host_needs": []}]
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
@@ -276,6 +284,7 @@ def main():
         modules_root=module.params["modules_root"],
         device_class=module.params["device_class"],
         names=module.params["names"],
+        ssh_connection=os.environ.get("SSH_CONNECTION"),
     )
     for warning in facts["warnings"]:
         module.warn(warning)

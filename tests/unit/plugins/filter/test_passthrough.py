@@ -429,6 +429,7 @@ def test_report_totals_and_unreachable_host():
         "ready_devices": 2,
         "devices": 6,
         "qemu_took": 0,
+        "verdicts": {"ready": 2, "as-is": 2, "park-companions": 1, "risk": 0, "host-needs-it": 0, "no": 1},
     }
     assert report["hosts"][1] == {"host": "gone", "reachable": False, "error": "unreachable"}
     assert report["hosts"][0]["iommu_vendor"] == "intel"
@@ -470,3 +471,25 @@ def test_report_carries_qemus_answer_per_function():
     assert verdicts[3] == {ready[0]: None, ready[1]: None}
     assert report["hosts"][0]["qemu"] == "7.2.22" and report["hosts"][2]["qemu_missing"] == "QEMU not found"
     assert report["totals"]["qemu_took"] == 1
+
+
+def test_report_carries_verdicts_and_handoff_per_host():
+    facts = bound_facts()
+    report = passthrough_report(["pve1.example.com"], [facts], handoff_names={"8086:10d3": "e1000e-nic"})
+    [host] = report["hosts"]
+    rows = {d["address"]: d for d in host["devices"]}
+    assert rows["0000:01:02.0"]["verdict"] == "park-companions"
+    assert rows["0000:01:02.0"]["verdict_summary"] == "needs its companions parked: 0000:01:01.0 (vfio-pci)"
+    assert rows["0000:00:04.0"]["verdict"] == "ready" and rows["0000:00:04.0"]["verdict_notes"] == []
+    handoff = host["handoff"]
+    assert handoff["errors"] == [] and handoff["include"] == "ready"
+    assert [e["address"] for e in handoff["libvirt"]["hostdevs"]] == ["0000:00:04.0", "0000:01:01.0"]
+    assert handoff["proxmox"]["mappings"][0]["id"] == "e1000e-nic"
+    assert handoff["proxmox"]["mappings"][0]["map"][0]["node"] == "pve1"
+    candidates = passthrough_report(["a"], [facts], handoff_include="candidates")["hosts"][0]["handoff"]
+    assert len(candidates["libvirt"]["hostdevs"]) == 5  # every function but the bridge
+    filters = FilterModule().filters()
+    with pytest.raises(AnsibleFilterError, match="handoff_include: 'some' is not one of ready, candidates"):
+        filters["passthrough_report"](["a"], [facts], handoff_include="some")
+    with pytest.raises(AnsibleFilterError, match=r"names\[.8086:10d3.\]: .NIC\\n. contains the control character"):
+        filters["passthrough_report"](["a"], [facts], handoff_names={"8086:10d3": "NIC\n"})

@@ -6,6 +6,12 @@ from __future__ import annotations
 import pytest
 from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather, iommu_cmdline
 from ansible_collections.hostdev.vfio.plugins.module_utils._pciids import PciIds
+from ansible_collections.hostdev.vfio.tests.unit.plugins.module_utils.fakekernel import (
+    add_block,
+    add_netdev,
+    set_mounts,
+    set_routes,
+)
 from ansible_collections.hostdev.vfio.tests.unit.plugins.module_utils.fakesysfs import FakeHost, gpu_host
 
 PCI_IDS = """\
@@ -89,6 +95,8 @@ def test_full_shape_gpu_host(tmp_path):
         "vfio_capable": True,
         "vfio_blockers": [],
         "unreadable": None,
+        "builtin_modules": [],
+        "host_needs": [],
     }
     pf = by_address(facts)["0000:03:00.0"]
     assert pf["sriov"] == {"totalvfs": 7, "numvfs": 2, "virtfns": ["0000:03:10.0", "0000:03:10.4"]}
@@ -250,6 +258,28 @@ def test_host_modules_from_modalias_like_modprobe_resolve_alias(tmp_path):
     assert devs["0000:00:17.0"]["host_modules"] == ["ahci"]  # built in: only modules.builtin.alias matches
     assert devs["0000:00:17.0"]["driver_module"] is None
     assert devs["0000:00:00.0"]["host_modules"] == []
+    # Built-in drivers are named whether or not a loadable module matches too: the kernel binds them at boot.
+    assert devs["0000:00:17.0"]["builtin_modules"] == ["ahci"]
+    assert devs["0000:00:19.0"]["builtin_modules"] == ["notthisone"]
+    assert devs["0000:01:00.0"]["builtin_modules"] == []
+
+
+def test_host_needs_names_root_disk_management_nic_and_boot_vga(tmp_path):
+    host = gpu_host(tmp_path)
+    add_block(host, "0000:00:17.0", "sda", "8:0", {"sda1": "8:1"}, subdir="ata1/host0")
+    set_mounts(host, [("8:1", "/", "ext4", "/dev/sda1")])
+    add_netdev(host, "eno1", "0000:00:1f.6")
+    set_routes(host, [("eno1", "0.0.0.0", "0.0.0.0", "192.0.2.1")])
+    devs = by_address(facts_of(host, names=False, ssh_connection="192.0.2.7 50000 192.0.2.1 22"))
+    assert devs["0000:00:17.0"]["host_needs"] == [{"check": "storage", "reason": "backs / (/dev/sda1 mounted there)"}]
+    nic = "is NIC eno1, which carries the"
+    assert devs["0000:00:1f.6"]["host_needs"] == [
+        {"check": "network", "reason": f"{nic} default route"},
+        {"check": "network", "reason": f"{nic} route to this SSH session's client address 192.0.2.7"},
+        {"check": "network", "reason": f"{nic} route to this SSH session's server address 192.0.2.1"},
+    ]
+    assert devs["0000:00:02.0"]["host_needs"] == [{"check": "console", "reason": "is the boot VGA device (boot_vga=1)"}]
+    assert devs["0000:01:00.0"]["host_needs"] == []
 
 
 def test_host_modules_empty_without_alias_tables(tmp_path):
