@@ -19,6 +19,7 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     is_vfio_driver,
     normalize_address,
 )
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import CHECKS as SAFETY_CHECKS
 
 try:
     import jmespath
@@ -158,6 +159,7 @@ def passthrough_validate(
     vfio_group_owner: str = "",
     vfio_group_group: str = "",
     vfio_group_mode: str = "0660",
+    force=None,
 ) -> list:
     """Every problem with the role's values, checked with the rules hostdev.vfio's modules apply (``_validate``).
 
@@ -197,6 +199,13 @@ def passthrough_validate(
     _collect(errors, v.account_name, "passthrough_vfio_group_owner", vfio_group_owner)
     _collect(errors, v.account_name, "passthrough_vfio_group_group", vfio_group_group)
     _collect(errors, v.vfio_group_mode, "passthrough_vfio_group_mode", vfio_group_mode)
+    if force is not None and not isinstance(force, dict):
+        errors.append(
+            f"passthrough_force: expected a dict of address -> list of check names, got {type(force).__name__} "
+            f"{v.shown(force)}"
+        )
+    else:
+        _collect(errors, v.force_spec, "passthrough_force", force, SAFETY_CHECKS)
     return errors
 
 
@@ -289,6 +298,45 @@ def passthrough_resolve(facts: dict, selectors: list) -> list:
                 )
             owner.setdefault(address, entry)
     return resolved
+
+
+def passthrough_bind_plan(resolved: list, iommu_enabled: bool, bind_results=None, force=None) -> list:
+    """The binds of this run, per function, for the summary: what vfio_bind planned or did (``bind_results``, the
+    registered loop) when the IOMMU is on; when it is off, the binds that will happen after the reboot that turns it
+    on, planned from the selection and marked ``after_reboot: true`` (group companions are known only then).
+
+    Each entry: address, role, driver_before, driver_after, actions, forced (the safety checks force overrides),
+    after_reboot.
+    """
+    forced = v.force_spec("passthrough_force", force or {}, SAFETY_CHECKS)[0]
+    out = []
+    if iommu_enabled:
+        for run in _as_list((bind_results or {}).get("results") if isinstance(bind_results, dict) else bind_results):
+            for dev in (run or {}).get("devices") or []:
+                if dev.get("actions") or dev.get("forced"):
+                    keys = ("address", "role", "driver_before", "driver_after", "actions", "forced")
+                    out.append({**{k: dev.get(k) for k in keys}, "after_reboot": False})
+        return out
+    for entry in _as_list(resolved):
+        for dev in entry.get("devices") or []:
+            driver = entry.get("driver") or "vfio-pci"
+            if dev.get("driver") == driver:
+                continue
+            out.append(
+                {
+                    "address": dev["address"],
+                    "role": "selected",
+                    "driver_before": dev.get("driver"),
+                    "driver_after": driver,
+                    "actions": [
+                        f"bind to {driver} after the reboot that turns the IOMMU on (group {entry.get('group')}: "
+                        "its IOMMU group companions are planned then)"
+                    ],
+                    "forced": forced.get(dev["address"], []),
+                    "after_reboot": True,
+                }
+            )
+    return out
 
 
 def passthrough_errors(resolved: list) -> list:
@@ -674,6 +722,7 @@ class FilterModule:
             "passthrough_validate": _wrap(passthrough_validate),
             "passthrough_resolve": _wrap(passthrough_resolve),
             "passthrough_errors": _wrap(passthrough_errors),
+            "passthrough_bind_plan": _wrap(passthrough_bind_plan),
             "passthrough_kernel_args": _wrap(passthrough_kernel_args),
             "passthrough_boot_ids": _wrap(passthrough_boot_ids),
             "passthrough_restore_addresses": _wrap(passthrough_restore_addresses),

@@ -254,6 +254,39 @@ def jmespath_query(field: str, value) -> str:
     return value
 
 
+def force_spec(field: str, value, checks) -> tuple:
+    """``force`` of vfio_bind and the role: ``{address: [check, ...]}`` (each address overrides only the named safety
+    checks), or the older list of addresses, which means every check of each.
+
+    Returns ``({address in the kernel's form: [check, ...]}, legacy)``; ``legacy`` is True for the list form (the
+    caller emits a deprecation warning). ``checks`` are the names allowed.
+    """
+    if value is None:
+        return {}, False
+    if isinstance(value, (list, tuple)):
+        return {pci_address(f"{field}[{i}]", a): list(checks) for i, a in enumerate(value)}, bool(value)
+    if not isinstance(value, dict):
+        raise InvalidValue(
+            f"{field}: expected a dict of address -> list of check names, got {type(value).__name__} {shown(value)}"
+        )
+    out = {}
+    for key, names in value.items():
+        address = pci_address(f"{field} key", key)
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise InvalidValue(
+                f"{field}[{key!r}]: expected a non-empty list of check names ({', '.join(checks)}), got {shown(names)}"
+            )
+        for index, name in enumerate(names):
+            text(f"{field}[{key!r}][{index}]", name, max_len=64)
+            if name not in checks:
+                raise InvalidValue(
+                    f"{field}[{key!r}][{index}]: {shown(name)} is not a safety check; the checks are "
+                    f"{', '.join(checks)}"
+                )
+        out[address] = list(dict.fromkeys(out.get(address, []) + list(names)))
+    return out, False
+
+
 def label(field: str, value) -> str:
     """A free-text label shown in messages (a selector's name): printable, at most ``MAX_LABEL`` characters."""
     return text(field, value, max_len=MAX_LABEL)

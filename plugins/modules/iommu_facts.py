@@ -220,6 +220,13 @@ ansible_facts:
               C(iommu_group) are null when there is none. C(sriov) is null unless the function is an SR-IOV
               physical function. C(vfio_capable) tells whether vfio-pci could take the function, and
               C(vfio_blockers) why not.
+            - C(vfio_interfaces) lists the VFIO doors the running kernel offers for the function, so you know which
+              one QEMU will take - V(group) when it has an IOMMU group and C(/dev/vfio/<group>) exists or a VFIO
+              driver is bound (the legacy group/container interface, C(-device vfio-pci,host=...)), V(cdev) when
+              the kernel created the VFIO device cdev C(vfio-dev/vfioN) for it (kernels built with
+              C(CONFIG_VFIO_DEVICE_CDEV), 6.6 and later, while a VFIO driver is bound; QEMU's
+              C(-object iommufd) with C(vfio-pci,iommufd=...)). C(vfio_cdev) is that cdev's name
+              (C(/dev/vfio/devices/<name>)) or null. Empty while the function is on a host driver.
             - C(driver_module) is the module that provides C(driver) (V(xhci_pci) for the driver V(xhci_hcd)), null
               when the driver is built in or there is none.
             - C(modalias) is the kernel's modalias of the function, and C(host_modules) the modules whose device
@@ -246,8 +253,9 @@ ansible_facts:
                     "modalias": "pci:v000010DEd00001B80sv00001458sd00003702bc03sc00i00",
                     "host_modules": ["nouveau"], "iommu_group": 1, "is_bridge": false,
                     "parent": "0000:00:01.0", "numa_node": null, "boot_vga": false, "reset_methods": ["bus"],
-                    "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": [],
-                    "unreadable": null, "builtin_modules": [], "host_needs": []}]
+                    "has_reset": true, "sriov": null, "physfn": null, "vfio_interfaces": ["group", "cdev"],
+                    "vfio_cdev": "vfio0", "vfio_capable": true, "vfio_blockers": [], "unreadable": null,
+                    "builtin_modules": [], "host_needs": []}]
 """
 
 import os

@@ -13,6 +13,7 @@ from ansible_collections.hostdev.vfio.plugins.filter.passthrough import (
     device_readiness,
     iommu_vendor,
     parse_address_entry,
+    passthrough_bind_plan,
     passthrough_boot_ids,
     passthrough_errors,
     passthrough_kernel_args,
@@ -190,6 +191,46 @@ def test_resolve_conflicting_drivers():
 def test_resolve_works_without_iommu():
     [entry] = passthrough_resolve(lab_facts(enabled=False), [{"address": ["00:04.0@8086:10d3"], "count": 1}])
     assert entry["errors"] == [] and entry["addresses"] == ["0000:00:04.0"]
+
+
+def test_bind_plan_with_the_iommu_off_is_planned_for_after_the_reboot():
+    facts = lab_facts(enabled=False)
+    selection = passthrough_resolve(
+        facts, [{"address": ["00:04.0"]}, {"address": ["00:01.0"], "driver": "pci-stub", "group": "ignore"}]
+    )
+    plan = passthrough_bind_plan(selection, False, None, {"0000:00:01.0": ["console"]})
+    assert [(b["address"], b["driver_before"], b["driver_after"], b["forced"], b["after_reboot"]) for b in plan] == [
+        ("0000:00:04.0", "e1000e", "vfio-pci", [], True),
+        ("0000:00:01.0", "bochs-drm", "pci-stub", ["console"], True),
+    ]
+    assert "after the reboot that turns the IOMMU on" in plan[0]["actions"][0]
+    # the filter is registered under its name
+    assert FilterModule().filters()["passthrough_bind_plan"]
+
+
+def test_bind_plan_with_the_iommu_on_is_what_vfio_bind_planned_or_did():
+    selection = passthrough_resolve(lab_facts(), [{"address": ["00:04.0"]}])
+    run = {
+        "results": [
+            {
+                "devices": [
+                    {
+                        "address": "0000:00:04.0",
+                        "role": "selected",
+                        "driver_before": "e1000e",
+                        "driver_after": "vfio-pci",
+                        "actions": ["unbind from e1000e"],
+                        "forced": ["network"],
+                    },
+                    {"address": "0000:00:08.0", "role": "bridge", "actions": [], "forced": []},
+                ]
+            },
+            {"skipped": True},
+        ]
+    }
+    selected = run["results"][0]["devices"][0]
+    assert passthrough_bind_plan(selection, True, run, {}) == [{**selected, "after_reboot": False}]
+    assert passthrough_bind_plan(selection, True, None, None) == []
 
 
 # --------------------------------------------------------------------------------------------------- kernel args

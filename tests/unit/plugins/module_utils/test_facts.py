@@ -92,6 +92,8 @@ def test_full_shape_gpu_host(tmp_path):
         "has_reset": True,
         "sriov": None,
         "physfn": None,
+        "vfio_interfaces": [],
+        "vfio_cdev": None,
         "vfio_capable": True,
         "vfio_blockers": [],
         "unreadable": None,
@@ -193,6 +195,20 @@ def test_vfio_group_files(tmp_path):
     host.add_vfio_group_file(1000)
     (host.dev / "vfio" / "vfio").write_text("")
     assert facts_of(host, names=False)["vfio"]["group_files"] == [2, 1000]
+
+
+def test_vfio_interfaces_group_and_cdev(tmp_path):
+    from ansible_collections.hostdev.vfio.tests.unit.plugins.module_utils.fakekernel import add_vfio_cdev
+
+    host = gpu_host(tmp_path)
+    assert by_address(facts_of(host, names=False))["0000:01:00.0"]["vfio_interfaces"] == []
+    host.bind("0000:01:00.0", "vfio-pci")  # a VFIO driver: the group door, even before udev made the node
+    assert by_address(facts_of(host, names=False))["0000:01:00.0"]["vfio_interfaces"] == ["group"]
+    add_vfio_cdev(host, "0000:01:00.0", "vfio3", "511:3")
+    dev = by_address(facts_of(host, names=False))["0000:01:00.0"]
+    assert (dev["vfio_interfaces"], dev["vfio_cdev"]) == (["group", "cdev"], "vfio3")
+    host.add_vfio_group_file(1000)  # /dev/vfio/1000 exists: its member offers the group door whatever its driver
+    assert by_address(facts_of(host, names=False))["0000:03:10.0"]["vfio_interfaces"] == ["group"]
 
 
 def test_device_class_filter_keeps_companions(tmp_path):
