@@ -63,8 +63,9 @@ sanity: collection $(SANITY_VENV)/.stamp
 	  [ -e $$f ] || install -D -m 0644 tests/utils/get_pip_offline.py $$f; done
 	cd $(COLL) && $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --requirements --color no
 
-# Host tools the unit tests run as oracles (kmod's modprobe and depmod, gcc for a test kernel module).
-UNIT_TOOLS := modprobe:kmod depmod:kmod gcc:gcc
+# Host tools the unit tests run as oracles (kmod's modprobe and depmod, gcc for a test kernel module, libvirt's
+# virt-xml-validate and the xmllint it runs for the hand-off's <hostdev> elements).
+UNIT_TOOLS := modprobe:kmod depmod:kmod gcc:gcc virt-xml-validate:libvirt-clients xmllint:libxml2-utils
 .PHONY: unit-tools
 unit-tools:
 	@need=""; for pair in $(UNIT_TOOLS); do \

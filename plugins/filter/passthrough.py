@@ -13,11 +13,13 @@ __metaclass__ = type  # noqa: UP001 - the boilerplate ansible-test sanity expect
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.hostdev.vfio.plugins.module_utils import _handoff
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     is_vfio_driver,
     normalize_address,
 )
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import CHECKS as SAFETY_CHECKS
 
 try:
     import jmespath
@@ -157,6 +159,7 @@ def passthrough_validate(
     vfio_group_owner: str = "",
     vfio_group_group: str = "",
     vfio_group_mode: str = "0660",
+    force=None,
 ) -> list:
     """Every problem with the role's values, checked with the rules hostdev.vfio's modules apply (``_validate``).
 
@@ -196,6 +199,13 @@ def passthrough_validate(
     _collect(errors, v.account_name, "passthrough_vfio_group_owner", vfio_group_owner)
     _collect(errors, v.account_name, "passthrough_vfio_group_group", vfio_group_group)
     _collect(errors, v.vfio_group_mode, "passthrough_vfio_group_mode", vfio_group_mode)
+    if force is not None and not isinstance(force, dict):
+        errors.append(
+            f"passthrough_force: expected a dict of address -> list of check names, got {type(force).__name__} "
+            f"{v.shown(force)}"
+        )
+    else:
+        _collect(errors, v.force_spec, "passthrough_force", force, SAFETY_CHECKS)
     return errors
 
 
@@ -288,6 +298,45 @@ def passthrough_resolve(facts: dict, selectors: list) -> list:
                 )
             owner.setdefault(address, entry)
     return resolved
+
+
+def passthrough_bind_plan(resolved: list, iommu_enabled: bool, bind_results=None, force=None) -> list:
+    """The binds of this run, per function, for the summary: what vfio_bind planned or did (``bind_results``, the
+    registered loop) when the IOMMU is on; when it is off, the binds that will happen after the reboot that turns it
+    on, planned from the selection and marked ``after_reboot: true`` (group companions are known only then).
+
+    Each entry: address, role, driver_before, driver_after, actions, forced (the safety checks force overrides),
+    after_reboot.
+    """
+    forced = v.force_spec("passthrough_force", force or {}, SAFETY_CHECKS)[0]
+    out = []
+    if iommu_enabled:
+        for run in _as_list((bind_results or {}).get("results") if isinstance(bind_results, dict) else bind_results):
+            for dev in (run or {}).get("devices") or []:
+                if dev.get("actions") or dev.get("forced"):
+                    keys = ("address", "role", "driver_before", "driver_after", "actions", "forced")
+                    out.append({**{k: dev.get(k) for k in keys}, "after_reboot": False})
+        return out
+    for entry in _as_list(resolved):
+        for dev in entry.get("devices") or []:
+            driver = entry.get("driver") or "vfio-pci"
+            if dev.get("driver") == driver:
+                continue
+            out.append(
+                {
+                    "address": dev["address"],
+                    "role": "selected",
+                    "driver_before": dev.get("driver"),
+                    "driver_after": driver,
+                    "actions": [
+                        f"bind to {driver} after the reboot that turns the IOMMU on (group {entry.get('group')}: "
+                        "its IOMMU group companions are planned then)"
+                    ],
+                    "forced": forced.get(dev["address"], []),
+                    "after_reboot": True,
+                }
+            )
+    return out
 
 
 def passthrough_errors(resolved: list) -> list:
@@ -577,13 +626,21 @@ def vmm_verdict(probe, address: str):
     return None
 
 
-def host_report(name: str, facts, error: str | None = None, probe=None) -> dict:
-    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked."""
+def host_report(name: str, facts, error: str | None = None, probe=None, include: str = "ready", names=None) -> dict:
+    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked.
+
+    Each function carries its verdict (``_handoff.function_verdict``: ``verdict``, ``verdict_summary``,
+    ``verdict_notes``); ``handoff`` holds the four hand-off formats for the ``include`` functions (ready or
+    candidates) with ``names`` by vendor:device.
+    """
     if not facts:
         return {"host": name, "reachable": False, "error": error or "no facts (host unreachable or failed)"}
     devices = passthrough_readiness(facts)
-    for device in devices:
+    for device, verdict in zip(devices, _handoff.verdicts(facts), strict=True):
         device["vmm"] = vmm_verdict(probe, device["address"])
+        device["verdict"] = verdict["verdict"]
+        device["verdict_summary"] = verdict["summary"]
+        device["verdict_notes"] = verdict["notes"]
     groups = [
         {
             "id": g["id"],
@@ -609,16 +666,26 @@ def host_report(name: str, facts, error: str | None = None, probe=None) -> dict:
         "device_count": len(devices),
         "qemu": ((probe or {}).get("qemu") or {}).get("version") if probe else None,
         "qemu_missing": (probe or {}).get("qemu_missing"),
+        "handoff": _handoff.handoff(facts, name, include, names=names),
     }
 
 
-def passthrough_report(hosts: list, host_facts: list, errors=None, probes=None) -> dict:
+def passthrough_report(
+    hosts: list, host_facts: list, errors=None, probes=None, handoff_include: str = "ready", handoff_names=None
+) -> dict:
     """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order;
-    ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked."""
+    ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked; ``handoff_include``
+    and ``handoff_names`` choose the functions and names of each host's hand-off (see hostdev.vfio.handoff_nova)."""
     errors = errors or {}
     hosts, host_facts = _as_list(hosts), _as_list(host_facts)
     probes = _as_list(probes) if probes is not None else [None] * len(hosts)
-    sections = [host_report(h, f, errors.get(h), p) for h, f, p in zip(hosts, host_facts, probes, strict=True)]
+    if handoff_include not in _handoff.INCLUDE:
+        raise ValueError(f"handoff_include: {v.shown(handoff_include)} is not one of {', '.join(_handoff.INCLUDE)}")
+    _handoff.check_names(handoff_names)
+    sections = [
+        host_report(h, f, errors.get(h), p, handoff_include, handoff_names)
+        for h, f, p in zip(hosts, host_facts, probes, strict=True)
+    ]
     reachable = [s for s in sections if s["reachable"]]
     return {
         "hosts": sections,
@@ -629,6 +696,10 @@ def passthrough_report(hosts: list, host_facts: list, errors=None, probes=None) 
             "ready_devices": sum(s["ready_count"] for s in reachable),
             "devices": sum(s["device_count"] for s in reachable),
             "qemu_took": sum(1 for s in reachable for d in s["devices"] if d["vmm"] == "took it"),
+            "verdicts": {
+                code: sum(1 for s in reachable for d in s["devices"] if d["verdict"] == code)
+                for code in _handoff.VERDICTS
+            },
         },
     }
 
@@ -651,6 +722,7 @@ class FilterModule:
             "passthrough_validate": _wrap(passthrough_validate),
             "passthrough_resolve": _wrap(passthrough_resolve),
             "passthrough_errors": _wrap(passthrough_errors),
+            "passthrough_bind_plan": _wrap(passthrough_bind_plan),
             "passthrough_kernel_args": _wrap(passthrough_kernel_args),
             "passthrough_boot_ids": _wrap(passthrough_boot_ids),
             "passthrough_restore_addresses": _wrap(passthrough_restore_addresses),

@@ -38,6 +38,7 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     normalize_address,
     same_module,
 )
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import CHECKS as SAFETY_CHECKS
 
 HOST_ALIASES = ("host", "default")
 GROUP_POLICIES = ("fail", "stub", "vfio", "ignore")
@@ -76,12 +77,19 @@ class Request:
     driver: str = "vfio-pci"
     group: str = "fail"
     persistent: bool = False
-    force: list = field(default_factory=list)
+    # {address: [check, ...]} (each address overrides only those safety checks) or, deprecated, a list of
+    # addresses (every check); see _validate.force_spec
+    force: dict | list = field(default_factory=dict)
     allow_empty: bool = False
 
     @property
     def to_host(self) -> bool:
         return self.driver in HOST_ALIASES
+
+
+def forced_checks(request: Request) -> dict:
+    """{address: [check, ...]} of the request's (already validated) ``force``."""
+    return v.force_spec("force", request.force, SAFETY_CHECKS)[0]
 
 
 def parse_address_spec(text: str, field: str = "address") -> tuple:
@@ -106,13 +114,13 @@ def validate(request: Request) -> list:
         ("address", request.address, v.pci_address_spec),
         ("ids", request.ids, v.pci_ids),
         ("device_class", request.device_class, v.pci_class_prefix),
-        ("force", request.force, v.pci_address),
     ):
         if not isinstance(values, (list, tuple)):
             errors.append(f"{name}: expected a list, got {type(values).__name__} {v.shown(values)}")
             continue
         for index, value in enumerate(values):
             _check(errors, check, f"{name}[{index}]", value)
+    _check(errors, v.force_spec, "force", request.force, SAFETY_CHECKS)
     if request.query is not None:
         _check(errors, v.jmespath_query, "query", request.query)
     if not request.to_host:
@@ -406,6 +414,7 @@ class DevicePlan:
     forget: bool = False  # drop the recorded driver
     driver_after: str | None = None
     warnings: list = field(default_factory=list)
+    forced: list = field(default_factory=list)  # safety checks overridden by force for this device
 
     def result(self) -> dict:
         return {
@@ -417,6 +426,7 @@ class DevicePlan:
             "driver_after": self.driver_after,
             "role": self.role,
             "actions": list(self.actions),
+            "forced": list(self.forced),
         }
 
 
@@ -599,16 +609,23 @@ def build_plan(
                 f"{dp.address} ({dp.role}): its sysfs attributes cannot be read ({unreadable}); not touching it"
             )
 
-    force = {normalize_address(a) for a in request.force}
+    force = forced_checks(request)
     warnings = []
     for dp in devices:
         if not dp.actions or dp.address not in protected:
             continue
         for check, reason in protected[dp.address]:
-            if dp.address in force:
-                warnings.append(f"{dp.address} {reason} ({check} check) - going ahead because it is listed in force")
+            if check in force.get(dp.address, ()):
+                warnings.append(
+                    f"{dp.address} {reason} ({check} check) - going ahead because force names the {check} check for it"
+                )
+                if check not in dp.forced:
+                    dp.forced.append(check)
             else:
-                errors.append(f"{dp.address} {reason} - refusing ({check} check); list it in force to override")
+                errors.append(
+                    f"{dp.address} {reason} - refusing ({check} check); to override, name the check in force: "
+                    f"{{{dp.address!r}: [{check!r}]}}"
+                )
 
     modules = []
     for dp in devices:

@@ -15,9 +15,11 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     Snapshot,
     assess_group,
     driver_module,
+    is_vfio_driver,
     read_snapshot,
 )
 from ansible_collections.hostdev.vfio.plugins.module_utils._pciids import PciIds, find_pci_ids
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import HOST_NEEDS, SafetyError, protected
 
 # Kernel parameters that matter for passthrough, by canonical spelling. The kernel treats '-' and '_' in
 # parameter names as the same character, so they are matched that way.
@@ -101,10 +103,28 @@ def _firmware_iommu(sysfs_root: str) -> list[str]:
     return [t for t in ("DMAR", "IVRS") if os.path.exists(os.path.join(tables, t))]
 
 
+def vfio_interfaces(dev: PciDevice, group_files) -> list[str]:
+    """The VFIO doors the running kernel offers for a function: ``group`` (/dev/vfio/<group> exists, or a VFIO
+    driver is bound to a function with a group) and ``cdev`` (the kernel made vfio-dev/vfioN for it: iommufd)."""
+    out = []
+    if dev.iommu_group is not None and (dev.iommu_group in group_files or is_vfio_driver(dev.driver)):
+        out.append("group")
+    if dev.vfio_cdev:
+        out.append("cdev")
+    return out
+
+
 def device_facts(
-    dev: PciDevice, names: PciIds, aliases: ModuleAliases | None = None, modules: dict | None = None
+    dev: PciDevice,
+    names: PciIds,
+    aliases: ModuleAliases | None = None,
+    modules: dict | None = None,
+    needs: list | None = None,
+    group_files=(),
 ) -> dict:
-    """One function as plain data; ``modules`` maps each bound driver to the module that provides it."""
+    """One function as plain data; ``modules`` maps each bound driver to the module that provides it, ``needs``
+    lists ``(check, reason)`` for what the host itself needs it for (``_safety.protected``), ``group_files`` the
+    /dev/vfio/<group> numbers that exist."""
     reasons = dev.vfio_blockers()
     if dev.unreadable:
         reasons = [f"its identity cannot be read from sysfs: {dev.unreadable}", *reasons]
@@ -129,6 +149,7 @@ def device_facts(
         "driver_override": dev.driver_override,
         "modalias": dev.modalias,
         "host_modules": aliases.modules_for(dev.modalias) if aliases else [],
+        "builtin_modules": aliases.builtin_for(dev.modalias) if aliases else [],
         "iommu_group": dev.iommu_group,
         "is_bridge": dev.is_bridge,
         "parent": dev.parent,
@@ -138,9 +159,12 @@ def device_facts(
         "has_reset": dev.has_reset,
         "sriov": sriov,
         "physfn": dev.physfn,
+        "vfio_interfaces": vfio_interfaces(dev, group_files),
+        "vfio_cdev": dev.vfio_cdev,
         "vfio_capable": not reasons,
         "vfio_blockers": reasons,
         "unreadable": dev.unreadable,
+        "host_needs": [{"check": check, "reason": reason} for check, reason in needs or []],
     }
 
 
@@ -210,12 +234,14 @@ def gather(
     names: bool = True,
     pci_ids_path: str | None = None,
     modules_root: str = "/lib/modules",
+    ssh_connection: str | None = None,
 ) -> dict:
     """Everything ``iommu_facts`` returns as ``ansible_facts.iommu``.
 
     ``device_class`` limits the output to the IOMMU groups holding a function of one of those class-code
     prefixes (all members of those groups are kept, so companions stay visible); without an IOMMU, to the
-    matching functions themselves.
+    matching functions themselves. ``ssh_connection`` (the ``SSH_CONNECTION`` of the session) lets the NIC that
+    carries it be named among what the host needs (``host_needs``).
     """
     snapshot = read_snapshot(sysfs_root)
     cmdline_text = _read_text(os.path.join(proc_root, "cmdline")).strip()
@@ -235,6 +261,12 @@ def gather(
         keep = {a for g in group_ids for a in snapshot.groups[g].devices} | wanted
         addresses = [a for a in addresses if a in keep]
 
+    # What the host needs is best effort here (facts never fail on it): a check that cannot read its state (an
+    # imported ZFS pool without zpool) becomes a warning; vfio_bind, which acts, refuses instead.
+    try:
+        needs, needs_problem = protected(snapshot, sysfs_root, proc_root, dev_root, ssh_connection, HOST_NEEDS), None
+    except SafetyError as exc:
+        needs, needs_problem = {}, f"host_needs is incomplete: {exc}"
     enabled = snapshot.iommu_enabled
     firmware = _firmware_iommu(sysfs_root)
     return {
@@ -248,11 +280,15 @@ def gather(
         "unsafe_interrupts": _truthy_param(cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts")),
         "vfio": vfio,
         "warnings": _warnings(enabled, snapshot.units, firmware, cmdline, vfio, cpu_vendor)
+        + ([needs_problem] if needs_problem else [])
         + [
             f"PCI function {a} is reported as unreadable: {snapshot.devices[a].unreadable}"
             for a in addresses
             if snapshot.devices[a].unreadable
         ],
         "groups": [group_facts(snapshot, g) for g in group_ids],
-        "devices": [device_facts(snapshot.devices[a], ids, aliases, modules) for a in addresses],
+        "devices": [
+            device_facts(snapshot.devices[a], ids, aliases, modules, needs.get(a), set(vfio["group_files"]))
+            for a in addresses
+        ],
     }

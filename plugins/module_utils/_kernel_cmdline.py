@@ -594,12 +594,85 @@ def _parse_dropin(text: str | None, path: str = "drop-in") -> list[tuple[str, st
     return []
 
 
-def _render_dropin(args: list[tuple[str, str | None]]) -> str:
+def _render_dropin(args: list[tuple[str, str | None]], regen: str = "update-grub") -> str:
     return (
         f"{MARKER}\n"
-        "# Appends kernel arguments to GRUB_CMDLINE_LINUX_DEFAULT; run update-grub after changing it.\n"
+        f"# Appends kernel arguments to GRUB_CMDLINE_LINUX_DEFAULT; run {regen} after changing it.\n"
         f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {render_cmdline(args)}"\n'
     )
+
+
+def split_marked_block(text: str) -> tuple[str, str | None]:
+    """``/etc/default/grub`` without this module's marked block (the drop-in's three lines appended at the end of the
+    file where there is no drop-in directory: SUSE, Arch), and the block's text (None when there is none).
+
+    The block is the MARKER line, one comment line and the assignment line; removing it gives back the file as it
+    was, byte for byte.
+    """
+    lines = _lines(text)
+    for idx, line in enumerate(lines):
+        if line.rstrip("\n") == MARKER:
+            block = lines[idx : idx + 3]
+            if len(block) == 3 and _DROPIN_RE.fullmatch(block[2].rstrip("\n")):
+                return "".join(lines[:idx] + lines[idx + 3 :]), "".join(block)
+            raise CmdlineError(
+                f"/etc/default/grub line {idx + 1}: the block this module manages was changed by hand (expected the "
+                "marker, a comment and one GRUB_CMDLINE_LINUX_DEFAULT line); restore or remove it"
+            )
+    return text, None
+
+
+# GRUB layouts by distribution family: the drop-in directory (None: the marked block in /etc/default/grub), the
+# generated file and the command that writes it.
+GRUB_LAYOUTS = {
+    "debian": {"dropin_dir": "/etc/default/grub.d", "grub_cfg": "/boot/grub/grub.cfg", "regen": ["update-grub"]},
+    "suse": {
+        "dropin_dir": None,
+        "grub_cfg": "/boot/grub2/grub.cfg",
+        "regen": ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"],
+    },
+    "arch": {
+        "dropin_dir": None,
+        "grub_cfg": "/boot/grub/grub.cfg",
+        "regen": ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"],
+    },
+}
+
+
+def os_release_ids(root: str) -> list[str]:
+    """ID and ID_LIKE words of ``etc/os-release`` (or ``usr/lib/os-release``) under ``root``, lower case."""
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            text = read_lenient(rooted(root, path))
+        except CmdlineError:  # unreadable: the tools decide; the files this module edits name their own errors
+            continue
+        if text is None:
+            continue
+        words = []
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() in ("ID", "ID_LIKE"):
+                words += value.strip().strip("\"'").lower().split()
+        return words
+    return []
+
+
+def grub_family(root: str, which) -> str | None:
+    """Which GRUB layout the host uses: os-release first (suse, arch, debian/ubuntu), then the tools present."""
+    ids = os_release_ids(root)
+    if any("suse" in w for w in ids):
+        return "suse"
+    if "arch" in ids:
+        return "arch"
+    if "debian" in ids or "ubuntu" in ids:
+        return "debian"
+    if which("update-grub"):
+        return "debian"
+    if which("grub2-mkconfig"):
+        return "suse"
+    if which("grub-mkconfig"):
+        return "arch"
+    return None
 
 
 def grub_cfg_cmdline(text: str | None) -> list[tuple[str, str | None]] | None:
@@ -620,21 +693,27 @@ def plan_grub(
     name: str,
     grub_cfg: str = "/boot/grub/grub.cfg",
     regen: list[str] | None = None,
+    dropin_dir: str | None = "/etc/default/grub.d",
 ) -> Plan:
     """/etc/default/grub is edited only where an argument already there must change or go, and only on a line
     whose value is a plain word list (see :func:`sh_assignment_value`); every new argument goes to the drop-in.
     A line sh reads differently from its text is never rewritten: it is left alone when it needs no edit, and
-    the plan is refused, naming the line, when it would."""
+    the plan is refused, naming the line, when it would.
+
+    ``dropin_dir`` None (SUSE, Arch: no drop-in directory) puts the new arguments in a marked block at the end of
+    /etc/default/grub itself (see :func:`split_marked_block`), the same three lines a drop-in would hold."""
     plan = Plan("grub")
     main_path = rooted(root, "/etc/default/grub")
-    dropin_dir = rooted(root, "/etc/default/grub.d")
-    dropin_path = os.path.join(dropin_dir, f"{name}.cfg")
-    main = read_text(main_path, "GRUB configuration file")
-    if main is None:
-        raise CmdlineError(f"{main_path} does not exist: this host does not use Debian's GRUB configuration")
+    embedded = dropin_dir is None
+    dropin_dir = rooted(root, dropin_dir or "/etc/default/grub.d")
+    dropin_path = main_path if embedded else os.path.join(dropin_dir, f"{name}.cfg")
+    full = read_text(main_path, "GRUB configuration file")
+    if full is None:
+        raise CmdlineError(f"{main_path} does not exist: this host does not use GRUB's /etc/default/grub")
+    main, block = split_marked_block(full) if embedded else (full, None)
     # Arguments in other drop-ins cannot be edited by this module: refuse to pretend.
     others = []
-    if os.path.isdir(dropin_dir):
+    if not embedded and os.path.isdir(dropin_dir):
         try:
             names = sorted(os.listdir(dropin_dir))
         except OSError as exc:
@@ -690,7 +769,7 @@ def plan_grub(
     base_all = {(canonical_name(n), v) for n, v in base_tokens}
 
     # 2. The drop-in carries the arguments /etc/default/grub does not have (earlier runs' arguments stay).
-    dropin = read_text(dropin_path, "GRUB drop-in")
+    dropin = block if embedded else read_text(dropin_path, "GRUB drop-in")
     existing = _parse_dropin(dropin, dropin_path)
     want = [
         (n, v)
@@ -699,14 +778,21 @@ def plan_grub(
             (canonical_name(n), v) in base_all if repeatable(n) else base_last.get(canonical_name(n), object()) == v
         )
     ]
-    new_dropin = _render_dropin(want) if want else None
+    new_dropin = _render_dropin(want, " ".join(regen or ["update-grub"])) if want else None
     if dropin is not None and new_dropin is not None and existing == want and MARKER in dropin:
         new_dropin = dropin
 
-    if new_main != main:
-        plan.files.append((main_path, main, new_main))
-    if new_dropin != dropin:
-        plan.files.append((dropin_path, dropin, new_dropin))
+    if embedded:
+        # the original text, with the block appended at the end (a file without a final newline gets one first)
+        sep = "\n" if new_main and not new_main.endswith("\n") and new_dropin else ""
+        after = new_main + sep + (new_dropin or "")
+        if after != full:
+            plan.files.append((main_path, full, after))
+    else:
+        if new_main != main:
+            plan.files.append((main_path, main, new_main))
+        if new_dropin != dropin:
+            plan.files.append((dropin_path, dropin, new_dropin))
 
     cfg_path = rooted(root, grub_cfg)
     cfg = grub_cfg_cmdline(read_lenient(cfg_path))
@@ -933,9 +1019,11 @@ def detect_backend(root: str, which, run) -> tuple[str, list[str]]:
     if which("kernel-install") and bootctl and run([bootctl, "is-installed"])[0] == 0:
         return "systemd-boot", tried
     tried.append("systemd-boot: bootctl is-installed did not confirm systemd-boot (or kernel-install missing)")
-    if which("update-grub") and os.path.exists(rooted(root, "/etc/default/grub")):
+    family = grub_family(root, which)
+    tool = GRUB_LAYOUTS[family]["regen"][0] if family else None
+    if tool and which(tool) and os.path.exists(rooted(root, "/etc/default/grub")):
         return "grub", tried
-    tried.append("grub: no update-grub with /etc/default/grub")
+    tried.append("grub: no update-grub, grub2-mkconfig or grub-mkconfig with /etc/default/grub")
     return "", tried
 
 

@@ -102,6 +102,15 @@ class ModuleAliases:
             found = self._cache[modalias] = self._loadable.match(modalias) or self._builtin.match(modalias)
         return list(found)
 
+    def builtin_for(self, modalias: str | None) -> list[str]:
+        """The modules built into the kernel (``modules.builtin.alias``) whose device table matches ``modalias``.
+
+        The kernel binds a built-in driver at boot whatever modprobe.d says: no softdep or blacklist keeps it off.
+        """
+        if not modalias or not modalias.startswith("pci:"):
+            return []
+        return self._builtin.match(modalias)
+
 
 def running_modules_dir(proc_root: str = "/proc", modules_root: str = "/lib/modules") -> str | None:
     """``/lib/modules/<release>`` of the running kernel (release from ``/proc/sys/kernel/osrelease``)."""

@@ -820,6 +820,35 @@ def _builtin_warnings(root, release, names, what):
     return warnings
 
 
+def builtin_softdep_refusal(root, release, name):
+    """Why a softdep for ``name`` cannot work, when ``name`` is built into the kernel (None otherwise).
+
+    A built-in driver registers during boot, before any module is loaded and before udev runs: modprobe never
+    loads it, so its softdep never runs, and its devices are bound before a udev driver_override rule exists.
+    """
+    builtin = builtin_modules(root, release)
+    if builtin is None or normalize(name) not in builtin:
+        return None
+    rel = kernel_release(release)
+    if "vfio_pci" in builtin:
+        ids_route = (
+            "vfio-pci is built into this kernel too, so the kernel argument vfio-pci.ids=VENDOR:DEVICE "
+            "(hostdev.vfio.kernel_cmdline) claims the ids at boot - but only if vfio-pci registers before "
+            f"{name}, which the kernel's link order decides (check the boot log)"
+        )
+    else:
+        ids_route = (
+            "the kernel argument vfio-pci.ids=VENDOR:DEVICE does not help here: vfio-pci is a module in this "
+            f"kernel and loads after the built-in {name} has bound the device"
+        )
+    return (
+        f"refusing a softdep for {name}: it is built into kernel {rel} (modules.builtin), so it registers during "
+        "boot before any module is loaded; modprobe never loads it, so its softdep never runs and cannot keep it "
+        "off a device. What works: bind the device at runtime after boot with hostdev.vfio.vfio_bind "
+        f"(driver_override, unbind, drivers_probe; it takes the device from {name} whenever it runs); {ids_route}"
+    )
+
+
 def _unknown_module_warnings(root, release, names):
     loadable = loadable_modules(root, release)
     if loadable is None:
@@ -894,7 +923,9 @@ def plan_softdep(
     if state == "present" and not ours and not others:
         plan.warnings.append(f"{path} is not read by kmod: the softdep has no effect")
     if state == "present":
-        plan.warnings += _builtin_warnings(root, release, [name], "a softdep for it does nothing")
+        refusal = builtin_softdep_refusal(root, release, name)
+        if refusal:
+            raise ModprobeError(refusal)
         plan.warnings += _unknown_module_warnings(root, release, pre + post)
     if found:
         epre, epost = found[0][1].softdep_lists()

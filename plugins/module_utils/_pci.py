@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __metaclass__ = type
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ class PciDevice:
     modalias: str | None = None  # pci:v...d...sv...sd...bc..sc..i.. (what modules.alias patterns match)
     # Why the function's identity (ids, class) could not be read, or None. Such a function is reported, never changed.
     unreadable: str | None = None
+    # The VFIO device cdev the kernel made for the function (vfio-dev/vfioN, kernels with iommufd support, while a
+    # VFIO driver is bound) and its MAJ:MIN; None when there is none.
+    vfio_cdev: str | None = None
+    vfio_cdev_dev: str | None = None
 
     @property
     def class_id(self) -> str:
@@ -317,6 +322,11 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
                 if vf:
                     virtfns.append((int(name[6:]), vf))
     identity, unreadable = _identity(base, entries)
+    cdevs = []
+    if "vfio-dev" in entries:
+        with contextlib.suppress(OSError):
+            cdevs = sorted(n for n in os.listdir(base + "vfio-dev") if n.startswith("vfio"))
+    cdev = cdevs[0] if cdevs else None
     return PciDevice(
         address=address,
         vendor_id=identity["vendor"],
@@ -341,6 +351,8 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
         sysfs_path=real,
         modalias=identity["modalias"] or attr("modalias"),
         unreadable=unreadable,
+        vfio_cdev=cdev,
+        vfio_cdev_dev=_read(f"{base}vfio-dev/{cdev}/dev") if cdev else None,
     )
 
 

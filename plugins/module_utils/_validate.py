@@ -254,6 +254,39 @@ def jmespath_query(field: str, value) -> str:
     return value
 
 
+def force_spec(field: str, value, checks) -> tuple:
+    """``force`` of vfio_bind and the role: ``{address: [check, ...]}`` (each address overrides only the named safety
+    checks), or the older list of addresses, which means every check of each.
+
+    Returns ``({address in the kernel's form: [check, ...]}, legacy)``; ``legacy`` is True for the list form (the
+    caller emits a deprecation warning). ``checks`` are the names allowed.
+    """
+    if value is None:
+        return {}, False
+    if isinstance(value, (list, tuple)):
+        return {pci_address(f"{field}[{i}]", a): list(checks) for i, a in enumerate(value)}, bool(value)
+    if not isinstance(value, dict):
+        raise InvalidValue(
+            f"{field}: expected a dict of address -> list of check names, got {type(value).__name__} {shown(value)}"
+        )
+    out = {}
+    for key, names in value.items():
+        address = pci_address(f"{field} key", key)
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise InvalidValue(
+                f"{field}[{key!r}]: expected a non-empty list of check names ({', '.join(checks)}), got {shown(names)}"
+            )
+        for index, name in enumerate(names):
+            text(f"{field}[{key!r}][{index}]", name, max_len=64)
+            if name not in checks:
+                raise InvalidValue(
+                    f"{field}[{key!r}][{index}]: {shown(name)} is not a safety check; the checks are "
+                    f"{', '.join(checks)}"
+                )
+        out[address] = list(dict.fromkeys(out.get(address, []) + list(names)))
+    return out, False
+
+
 def label(field: str, value) -> str:
     """A free-text label shown in messages (a selector's name): printable, at most ``MAX_LABEL`` characters."""
     return text(field, value, max_len=MAX_LABEL)
@@ -331,4 +364,43 @@ def image_file(field: str, value) -> str:
     _pattern(field, value, IMAGE_FILE_RE, "an absolute path of letters, digits and _ . + @ - between slashes", 1024)
     if any(part in (".", "..") for part in value.split("/")):
         raise InvalidValue(f"{field}: {shown(value)} contains a '.' or '..' component; give the plain path")
+    return value
+
+
+# -- hand-off to VM platforms (Nova, Proxmox VE, KubeVirt, libvirt)
+# Names written into other platforms' configuration. One name serves all four formats, so its rule is the
+# intersection of theirs: a Proxmox VE mapping id (pve-configid, ``[a-z][a-z0-9_-]+``), a Kubernetes resource name
+# (a qualified name: alphanumeric at both ends) and a Nova alias name.
+HANDOFF_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,61}[a-z0-9]")
+# A DNS subdomain (RFC 1123, lower case), the prefix of a Kubernetes extended resource name (``nvidia.com``).
+DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+# A host name label: Proxmox VE's pve-node format (``[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?``), at most 63 long.
+HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def handoff_name(field: str, value) -> str:
+    """A device name for Nova aliases, Proxmox VE mapping ids and KubeVirt resource names (``gpu-1080``)."""
+    return _pattern(
+        field,
+        value,
+        HANDOFF_NAME_RE,
+        "a hand-off name (2-63 of a-z 0-9 _ -, starting with a letter, ending with a letter or digit)",
+        63,
+    )
+
+
+def dns_subdomain(field: str, value) -> str:
+    """A lower-case DNS subdomain (``devices.example.com``), at most 253 characters."""
+    return _pattern(field, value, DNS_SUBDOMAIN_RE, "a lower-case DNS name (a-z 0-9 - and dots)", 253)
+
+
+def host_label(field: str, value) -> str:
+    """One host name label (``pve1``): letters, digits and '-', not at either end."""
+    return _pattern(field, value, HOST_LABEL_RE, "a host name label (A-Z a-z 0-9 -, 1-63, no '-' at either end)", 63)
+
+
+def number(field: str, value, maximum: int = 2**31 - 1) -> int:
+    """A whole number from 0 to ``maximum`` (an IOMMU group, a NUMA node); ``True`` and ``"3"`` are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidValue(f"{field}: {shown(value)} is not a whole number from 0 to {maximum}")
     return value

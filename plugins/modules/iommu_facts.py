@@ -220,11 +220,24 @@ ansible_facts:
               C(iommu_group) are null when there is none. C(sriov) is null unless the function is an SR-IOV
               physical function. C(vfio_capable) tells whether vfio-pci could take the function, and
               C(vfio_blockers) why not.
+            - C(vfio_interfaces) lists the VFIO doors the running kernel offers for the function, so you know which
+              one QEMU will take - V(group) when it has an IOMMU group and C(/dev/vfio/<group>) exists or a VFIO
+              driver is bound (the legacy group/container interface, C(-device vfio-pci,host=...)), V(cdev) when
+              the kernel created the VFIO device cdev C(vfio-dev/vfioN) for it (kernels built with
+              C(CONFIG_VFIO_DEVICE_CDEV), 6.6 and later, while a VFIO driver is bound; QEMU's
+              C(-object iommufd) with C(vfio-pci,iommufd=...)). C(vfio_cdev) is that cdev's name
+              (C(/dev/vfio/devices/<name>)) or null. Empty while the function is on a host driver.
             - C(driver_module) is the module that provides C(driver) (V(xhci_pci) for the driver V(xhci_hcd)), null
               when the driver is built in or there is none.
             - C(modalias) is the kernel's modalias of the function, and C(host_modules) the modules whose device
               table matches it (what C(modprobe -R) and C(lspci -k) list), so a function already on vfio-pci still
               names the host drivers that would take it at boot. Empty when the alias tables cannot be read.
+            - C(builtin_modules) lists the drivers built into the kernel (C(modules.builtin.alias)) that match the
+              function. The kernel binds those at boot whatever C(modprobe.d) says.
+            - C(host_needs) lists what the host itself needs the function for, as C(check) (V(storage), V(network),
+              V(console)) and C(reason) - the controller or bridge of a mounted disk or active swap, the NIC of the
+              default route or of this SSH session, the boot VGA device or the framebuffer console. Empty for a
+              function the host can give away.
             - C(unreadable) is null, or why the function's identity could not be read from sysfs (a C(class) or
               C(uevent) attribute that is not what the kernel writes - not hex, empty, not ASCII, too long). Such a
               function is still listed, with ids V(ffff), an empty C(class_code), no names, C(vfio_capable=false),
@@ -240,9 +253,12 @@ ansible_facts:
                     "modalias": "pci:v000010DEd00001B80sv00001458sd00003702bc03sc00i00",
                     "host_modules": ["nouveau"], "iommu_group": 1, "is_bridge": false,
                     "parent": "0000:00:01.0", "numa_node": null, "boot_vga": false, "reset_methods": ["bus"],
-                    "has_reset": true, "sriov": null, "physfn": null, "vfio_capable": true, "vfio_blockers": [],
-                    "unreadable": null}]
+                    "has_reset": true, "sriov": null, "physfn": null, "vfio_interfaces": ["group", "cdev"],
+                    "vfio_cdev": "vfio0", "vfio_capable": true, "vfio_blockers": [], "unreadable": null,
+                    "builtin_modules": [], "host_needs": []}]
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
@@ -276,6 +292,7 @@ def main():
         modules_root=module.params["modules_root"],
         device_class=module.params["device_class"],
         names=module.params["names"],
+        ssh_connection=os.environ.get("SSH_CONNECTION"),
     )
     for warning in facts["warnings"]:
         module.warn(warning)

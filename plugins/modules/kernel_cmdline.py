@@ -29,8 +29,12 @@ description:
     C(/etc/default/grub) and C(proxmox-boot-tool refresh) for its GRUB mode, plain V(grub) when it manages no
     ESP), V(grubby) (C(grubby) is installed; C(grubby --update-kernel=ALL)), V(systemd-boot) (C(bootctl
     is-installed) succeeds and C(kernel-install) exists; C(/etc/kernel/cmdline), then C(kernel-install add) for
-    every installed kernel), V(grub) (Debian/Ubuntu - C(update-grub) and C(/etc/default/grub) exist; a drop-in
-    C(/etc/default/grub.d/<name>.cfg) that appends to C(GRUB_CMDLINE_LINUX_DEFAULT), then C(update-grub)).
+    every installed kernel), V(grub) (C(/etc/default/grub) and the family's generator exist - Debian/Ubuntu: a
+    drop-in C(/etc/default/grub.d/<name>.cfg) that appends to C(GRUB_CMDLINE_LINUX_DEFAULT), then C(update-grub);
+    SUSE (os-release C(ID)/C(ID_LIKE) naming suse, or C(grub2-mkconfig) alone): the same three lines as a marked
+    block at the end of C(/etc/default/grub), then C(grub2-mkconfig -o /boot/grub2/grub.cfg); Arch (or
+    C(grub-mkconfig) alone): the marked block, then C(grub-mkconfig -o /boot/grub/grub.cfg); removing the block
+    gives back the file byte for byte).
     When none matches the module fails and lists what it looked for."
   - V(bootc) is never detected - it writes C(/usr/lib/bootc/kargs.d/<name>.toml) under O(root) for a bootc
     image build (for example a C(RUN) step of a Containerfile); bootc applies it when the image is installed or
@@ -230,11 +234,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, write_atomic
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import (
+    GRUB_LAYOUTS,
     CmdlineError,
     check_values,
     conflicts,
     detect_backend,
     file_diff,
+    grub_family,
     missing_and_present,
     parse_cmdline,
     parse_request,
@@ -276,7 +282,11 @@ def _plan(module, backend, args, remove):
         return module.get_bin_path(binary, required=True)
 
     if backend == "grub":
-        return plan_grub(root, args, remove, name, regen=[tool("update-grub")])
+        layout = GRUB_LAYOUTS[grub_family(root, module.get_bin_path) or "debian"]
+        regen = [tool(layout["regen"][0]), *layout["regen"][1:]]
+        return plan_grub(
+            root, args, remove, name, grub_cfg=layout["grub_cfg"], regen=regen, dropin_dir=layout["dropin_dir"]
+        )
     if backend == "grubby":
         return plan_grubby(run, args, remove, grubby=tool("grubby"))
     if backend == "systemd-boot":

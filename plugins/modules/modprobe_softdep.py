@@ -21,8 +21,11 @@ description:
   - The effective configuration is computed the way kmod reads it (C(/etc/modprobe.d), C(/run/modprobe.d),
     C(/usr/local/lib/modprobe.d), C(/usr/lib/modprobe.d), C(/lib/modprobe.d); files sorted by name; a file hides the
     same-named file of a later directory; the first softdep for a module wins). The module warns when another file
-    declares a softdep for the same module, or when the module is built into the kernel (a softdep then does
-    nothing).
+    declares a softdep for the same module.
+  - A softdep for a module built into the kernel (C(modules.builtin) of O(kernel_release)) is refused - such a
+    driver registers during boot before any module is loaded, so its softdep never runs. The message names what
+    works - a runtime rebind after boot with M(hostdev.vfio.vfio_bind), or C(vfio-pci.ids=) on the kernel command
+    line, which only works when vfio-pci is built in too and registers before the host driver.
   - Returns O(ignore:initramfs_update_needed=true) when it changed a file that the initramfs generator
     (initramfs-tools or dracut) copies into the image, so a handler can regenerate it.
 author:

@@ -20,12 +20,18 @@ description:
     IOMMU group the viability after the change), returned in check mode and as the diff, and only then
     applied. When any step fails part-way, every device touched in this run is put back on its previous driver
     and override, and the module fails saying what happened.
-  - Devices the host needs are refused unless their address is listed in O(force) - a device whose block
-    devices (through partitions and dm/md/LVM) back a mounted filesystem or active swap (check C(storage)); a NIC,
+  - Devices the host needs are refused unless O(force) names them - a device whose block devices (through
+    partitions and dm/md/LVM/bcache) back a mounted filesystem or active swap, are vdevs of an imported ZFS pool
+    (from C(zpool status -P)), sit under an active LVM volume group, dm-crypt, multipath, md or bcache device
+    with or without a mount, or that the kernel reports held (a read-only C(O_EXCL) open of the disk or
+    partition fails with C(EBUSY); skipped for an offline O(sysfs_root)) (check C(storage)); a NIC,
     or a member of a bond, bridge or vlan, that carries the default route or the route to this SSH session's
     client or server address (check C(network)); the boot VGA device and a device behind a bound framebuffer
     console (check C(console)); a member of an IOMMU group whose C(/dev/vfio/<group>) a process holds open,
-    for example a running guest (check C(vfio-in-use)). Each refusal names the device, the check and the reason.
+    a function whose VFIO device cdev C(/dev/vfio/devices/vfioN) (matched by major:minor with its
+    C(vfio-dev/vfioN)) a process holds, or a function with a cdev while a process holds C(/dev/iommu), for
+    example a running guest (check C(vfio-in-use)). Each refusal names the device, the check, the reason and
+    the process (pid and name) or what holds the block device.
   - A device already on the requested driver (with its udev rule when O(persistent=true)) is not touched at all.
   - Every selector and value is checked in full before anything is read for writing - addresses, ids, class
     prefixes, the driver name (a newline or any other control character is refused, so a value can never start
@@ -70,11 +76,14 @@ options:
     default: false
   force:
     description:
-      - Addresses of devices to change even though a safety check protects them. Applies only to those
-        devices; the refusal becomes a warning.
-    type: list
-    elements: str
-    default: []
+      - Safety checks to override, per device - a dict of address to a list of check names, for example the
+        key V(0000:03:00.0) with the list V([console]). The checks are V(storage), V(network), V(console) and V(vfio-in-use)
+        (the names the refusals give). Only the named checks of the named devices are overridden; each
+        override becomes a warning and is listed in the device's C(forced) in RV(devices).
+      - The older form, a list of addresses, still works and overrides every check of those devices; it is
+        deprecated.
+    type: raw
+    default: {}
   allow_empty:
     description:
       - Succeed without change when the selectors match no device (by default that is an error).
@@ -173,6 +182,7 @@ devices:
     - C(driver_after) is the planned driver in check mode (null for O(driver=host) when nothing was recorded,
       meaning the kernel's choice) and the driver re-read from sysfs otherwise.
     - C(actions) is empty for a device that is left as it is.
+    - C(forced) lists the safety checks that protected the device and that O(force) overrode for it.
   returned: always
   type: list
   elements: dict
@@ -180,11 +190,11 @@ devices:
     - {"address": "0000:01:01.0", "vendor_id": "8086", "device_id": "100e", "iommu_group": 8,
        "driver_before": "e1000", "driver_after": "vfio-pci", "role": "selected",
        "actions": ["set driver_override to vfio-pci", "unbind from e1000", "drivers_probe (bind to vfio-pci)",
-                   "record original driver e1000"]}
+                   "record original driver e1000"], "forced": []}
     - {"address": "0000:01:02.0", "vendor_id": "8086", "device_id": "100e", "iommu_group": 8,
-       "driver_before": "e1000", "driver_after": "pci-stub", "role": "companion", "actions": ["..."]}
+       "driver_before": "e1000", "driver_after": "pci-stub", "role": "companion", "actions": ["..."], "forced": []}
     - {"address": "0000:00:08.0", "vendor_id": "1b36", "device_id": "000e", "iommu_group": 8,
-       "driver_before": null, "driver_after": null, "role": "bridge", "actions": []}
+       "driver_before": null, "driver_after": null, "role": "bridge", "actions": [], "forced": []}
 groups:
   description: Each affected IOMMU group with its viability after the change (planned in check mode) and the
     members that block it.
@@ -226,9 +236,8 @@ from ansible_collections.hostdev.vfio.plugins.module_utils import _bind, _initra
 from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import SysfsKernel
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
-from ansible_collections.hostdev.vfio.plugins.module_utils._safety import protected
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS, SafetyError, protected
 
-LIVE_ROOTS = ("/sys", "/proc", "/dev")
 INITRAMFS_ROOT = "/"  # where the initramfs generators and their configuration are looked for (tests: a fake tree)
 
 
@@ -250,6 +259,16 @@ def make_kernel(module, sysfs_root, dev_root):
     return SysfsKernel(sysfs_root, dev_root, run_command=run)
 
 
+def make_run(module):
+    """``run(argv)`` for the safety checks (``zpool status -P``): None when the tool is not installed."""
+
+    def run(argv):
+        path = module.get_bin_path(argv[0])
+        return module.run_command([path, *list(argv[1:])]) if path else None
+
+    return run
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -258,7 +277,7 @@ def main():
             "driver": {"type": "str", "default": "vfio-pci"},
             "group": {"type": "str", "default": "fail", "choices": list(_bind.GROUP_POLICIES)},
             "persistent": {"type": "bool", "default": False},
-            "force": {"type": "list", "elements": "str", "default": []},
+            "force": {"type": "raw", "default": {}},
             "allow_empty": {"type": "bool", "default": False},
             "state_dir": {"type": "path", "default": _bind.DEFAULT_STATE_DIR},
             "rules_file": {"type": "path", "default": _bind.DEFAULT_RULES_FILE},
@@ -280,8 +299,16 @@ def main():
     errors = _bind.validate(request) + _bind.validate_paths(p["rules_file"], p["state_dir"])
     if errors:
         module.fail_json(msg="; ".join(errors))
+    if isinstance(p["force"], list) and p["force"]:
+        module.deprecate(
+            "force as a list of addresses overrides every safety check of those devices; give a dict of address to "
+            "the checks to override instead, for example {'0000:03:00.0': ['console']}",
+            version="1.0.0",
+            collection_name="hostdev.vfio",
+        )
     roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])
-    if not module.check_mode and tuple(os.path.normpath(r) for r in roots) != LIVE_ROOTS:
+    live = tuple(os.path.normpath(r) for r in roots) == LIVE_ROOTS
+    if not module.check_mode and not live:
         module.fail_json(
             msg="sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
             "(applying would write into a copy); run with check_mode: true"
@@ -309,7 +336,12 @@ def main():
                 module.exit_json(msg="no device matched the selectors", **result)
             module.fail_json(msg="no device matched address, ids, device_class or query; nothing changed", **result)
         safety = protected(
-            snapshot, p["sysfs_root"], p["proc_root"], p["dev_root"], ssh_connection=os.environ.get("SSH_CONNECTION")
+            snapshot,
+            p["sysfs_root"],
+            p["proc_root"],
+            p["dev_root"],
+            ssh_connection=os.environ.get("SSH_CONNECTION"),
+            run=make_run(module) if live else None,
         )
         plan = _bind.build_plan(
             snapshot, request, selected, kernel, safety, rules_path=p["rules_file"], state_dir=p["state_dir"]
@@ -317,6 +349,8 @@ def main():
     except _bind.BindError as exc:
         result.update(devices=exc.devices, groups=exc.groups)
         module.fail_json(msg=exc.msg, **result)
+    except SafetyError as exc:
+        module.fail_json(msg=f"nothing changed: the safety checks cannot run: {exc}", **result)
     for warning in plan.warnings:
         module.warn(warning)
     generators, carried = initramfs_carrying(plan.rules_path) if plan.rules_changed else ([], False)

@@ -189,8 +189,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _vmm
 from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS
 
-LIVE_ROOTS = ("/sys", "/proc", "/dev")
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 

@@ -13,6 +13,7 @@ from ansible_collections.hostdev.vfio.plugins.filter.passthrough import (
     device_readiness,
     iommu_vendor,
     parse_address_entry,
+    passthrough_bind_plan,
     passthrough_boot_ids,
     passthrough_errors,
     passthrough_kernel_args,
@@ -190,6 +191,46 @@ def test_resolve_conflicting_drivers():
 def test_resolve_works_without_iommu():
     [entry] = passthrough_resolve(lab_facts(enabled=False), [{"address": ["00:04.0@8086:10d3"], "count": 1}])
     assert entry["errors"] == [] and entry["addresses"] == ["0000:00:04.0"]
+
+
+def test_bind_plan_with_the_iommu_off_is_planned_for_after_the_reboot():
+    facts = lab_facts(enabled=False)
+    selection = passthrough_resolve(
+        facts, [{"address": ["00:04.0"]}, {"address": ["00:01.0"], "driver": "pci-stub", "group": "ignore"}]
+    )
+    plan = passthrough_bind_plan(selection, False, None, {"0000:00:01.0": ["console"]})
+    assert [(b["address"], b["driver_before"], b["driver_after"], b["forced"], b["after_reboot"]) for b in plan] == [
+        ("0000:00:04.0", "e1000e", "vfio-pci", [], True),
+        ("0000:00:01.0", "bochs-drm", "pci-stub", ["console"], True),
+    ]
+    assert "after the reboot that turns the IOMMU on" in plan[0]["actions"][0]
+    # the filter is registered under its name
+    assert FilterModule().filters()["passthrough_bind_plan"]
+
+
+def test_bind_plan_with_the_iommu_on_is_what_vfio_bind_planned_or_did():
+    selection = passthrough_resolve(lab_facts(), [{"address": ["00:04.0"]}])
+    run = {
+        "results": [
+            {
+                "devices": [
+                    {
+                        "address": "0000:00:04.0",
+                        "role": "selected",
+                        "driver_before": "e1000e",
+                        "driver_after": "vfio-pci",
+                        "actions": ["unbind from e1000e"],
+                        "forced": ["network"],
+                    },
+                    {"address": "0000:00:08.0", "role": "bridge", "actions": [], "forced": []},
+                ]
+            },
+            {"skipped": True},
+        ]
+    }
+    selected = run["results"][0]["devices"][0]
+    assert passthrough_bind_plan(selection, True, run, {}) == [{**selected, "after_reboot": False}]
+    assert passthrough_bind_plan(selection, True, None, None) == []
 
 
 # --------------------------------------------------------------------------------------------------- kernel args
@@ -429,6 +470,7 @@ def test_report_totals_and_unreachable_host():
         "ready_devices": 2,
         "devices": 6,
         "qemu_took": 0,
+        "verdicts": {"ready": 2, "as-is": 2, "park-companions": 1, "risk": 0, "host-needs-it": 0, "no": 1},
     }
     assert report["hosts"][1] == {"host": "gone", "reachable": False, "error": "unreachable"}
     assert report["hosts"][0]["iommu_vendor"] == "intel"
@@ -470,3 +512,25 @@ def test_report_carries_qemus_answer_per_function():
     assert verdicts[3] == {ready[0]: None, ready[1]: None}
     assert report["hosts"][0]["qemu"] == "7.2.22" and report["hosts"][2]["qemu_missing"] == "QEMU not found"
     assert report["totals"]["qemu_took"] == 1
+
+
+def test_report_carries_verdicts_and_handoff_per_host():
+    facts = bound_facts()
+    report = passthrough_report(["pve1.example.com"], [facts], handoff_names={"8086:10d3": "e1000e-nic"})
+    [host] = report["hosts"]
+    rows = {d["address"]: d for d in host["devices"]}
+    assert rows["0000:01:02.0"]["verdict"] == "park-companions"
+    assert rows["0000:01:02.0"]["verdict_summary"] == "needs its companions parked: 0000:01:01.0 (vfio-pci)"
+    assert rows["0000:00:04.0"]["verdict"] == "ready" and rows["0000:00:04.0"]["verdict_notes"] == []
+    handoff = host["handoff"]
+    assert handoff["errors"] == [] and handoff["include"] == "ready"
+    assert [e["address"] for e in handoff["libvirt"]["hostdevs"]] == ["0000:00:04.0", "0000:01:01.0"]
+    assert handoff["proxmox"]["mappings"][0]["id"] == "e1000e-nic"
+    assert handoff["proxmox"]["mappings"][0]["map"][0]["node"] == "pve1"
+    candidates = passthrough_report(["a"], [facts], handoff_include="candidates")["hosts"][0]["handoff"]
+    assert len(candidates["libvirt"]["hostdevs"]) == 5  # every function but the bridge
+    filters = FilterModule().filters()
+    with pytest.raises(AnsibleFilterError, match="handoff_include: 'some' is not one of ready, candidates"):
+        filters["passthrough_report"](["a"], [facts], handoff_include="some")
+    with pytest.raises(AnsibleFilterError, match=r"names\[.8086:10d3.\]: .NIC\\n. contains the control character"):
+        filters["passthrough_report"](["a"], [facts], handoff_names={"8086:10d3": "NIC\n"})

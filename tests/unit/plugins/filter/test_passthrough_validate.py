@@ -32,6 +32,7 @@ def test_good_values_pass():
             vfio_group_owner="libvirt-qemu",
             vfio_group_group="kvm",
             vfio_group_mode="0660",
+            force={"0000:03:00.0": ["console", "network"], "01:00.0": ["storage"]},
         )
         == []
     )
@@ -64,6 +65,10 @@ def test_good_values_pass():
         ([], {"vfio_group_group": 'kvm", MODE="0666'}, "passthrough_vfio_group_group:"),
         ([], {"vfio_group_mode": "0666"}, "passthrough_vfio_group_mode: '0666' is not four octal digits"),
         ([], {"vfio_group_mode": "0660\n"}, "passthrough_vfio_group_mode:"),
+        ([], {"force": {"03:00.0": ["boot_vga"]}}, "passthrough_force['03:00.0'][0]: 'boot_vga' is not a safety check"),
+        ([], {"force": {"03:00.0\n": ["console"]}}, "passthrough_force key: '03:00.0\\n' contains the control"),
+        ([], {"force": {"03:00.0": "console"}}, "expected a non-empty list of check names"),
+        ([], {"force": ["03:00.0"]}, "passthrough_force: expected a dict of address -> list of check names"),
     ],
 )
 def test_hostile_values_are_named(devices, extra, expected):

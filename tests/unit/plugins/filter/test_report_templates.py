@@ -44,6 +44,30 @@ def test_html_escapes_and_marks_readiness(report):
     html = render("report.html.j2", report)
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert '<h2 id="noiommu">noiommu</h2>' in html
-    assert '<td class="yes">yes</td><td></td><td>-</td></tr>' in html  # a ready function, no reasons, QEMU not asked
+    # a ready function, no reasons, QEMU not asked, verdict ready
+    assert '<td class="yes">yes</td><td></td><td>-</td><td class="yes">ready</td><td>ready</td></tr>' in html
     assert "group 0 shared with" not in html  # a device never blocks itself
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_markdown_verdicts_and_handoff_blocks(report):
+    text = render("report.md.j2", report)
+    assert "| 0000:01:02.0 | 8086:100e |" in text
+    assert "| park-companions | needs its companions parked: 0000:01:01.0 (vfio-pci) |" in text
+    nova = report["hosts"][0]["handoff"]["nova"]["text"]
+    assert "```ini\n[pci]\ndevice_spec = " in text and nova in text
+    assert '<hostdev mode="subsystem" type="pci" managed="no">' in text
+    assert "\tmap id=8086:10d3,iommugroup=3,node=intel,path=0000:00:04.0,subsystem-id=1af4:1100\n" in text
+    assert '"pciVendorSelector": "8086:10D3"' in text
+    assert "No function to hand off." in text  # the host without IOMMU
+
+
+def test_html_handoff_blocks_are_escaped(report):
+    html = render("report.html.j2", report)
+    assert (
+        '<pre class="handoff-libvirt">&lt;hostdev mode=&#34;subsystem&#34; type=&#34;pci&#34; managed=&#34;no&#34;&gt;'
+        in html
+    )
+    assert '<pre class="handoff-nova">[pci]\ndevice_spec = {&#34;vendor_id&#34;: &#34;8086&#34;' in html
+    assert "<hostdev" not in html
+    assert '<td class="no">no</td><td>no: the IOMMU is off</td>' in html

@@ -145,11 +145,17 @@ def add_block(host, address, name, majmin, partitions=None, subdir="virtio1"):
     return disk
 
 
-def add_virtual_block(host, name, majmin, slaves):
-    """A dm/md device with ``slaves`` (block names that exist already)."""
+def add_virtual_block(host, name, majmin, slaves, dm_name=None, dm_uuid=None, md=False):
+    """A dm/md/bcache device with ``slaves`` (block names that exist already); ``dm/name``, ``dm/uuid`` for dm."""
     path = host.sys / "devices/virtual/block" / name
     (path / "slaves").mkdir(parents=True)
     (path / "dev").write_text(majmin + "\n")
+    if dm_name is not None:
+        (path / "dm").mkdir()
+        (path / "dm/name").write_text(dm_name + "\n")
+        (path / "dm/uuid").write_text((dm_uuid or "") + "\n")
+    if md:
+        (path / "md").mkdir()
     for slave in slaves:
         _link(path / "slaves" / slave, Path(os.path.realpath(host.sys / "class/block" / slave)))
     _link(host.sys / "class/block" / name, path)
@@ -217,6 +223,23 @@ def set_routes_v6(host, routes):
         f"{d} {p:02x} {'0' * 32} 00 {'0' * 32} 00000400 00000001 00000000 00000001 {i}\n" for i, d, p in routes
     )
     (host.proc / "net/ipv6_route").write_text(rows)
+
+
+def set_zfs_pools(host, pools):
+    """Imported ZFS pools as /proc/spl/kstat/zfs/<pool>/state shows them (plus the module-wide stat files)."""
+    base = host.proc / "spl/kstat/zfs"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "arcstats").write_text("")
+    for pool in pools:
+        (base / pool).mkdir()
+        (base / pool / "state").write_text("ONLINE\n")
+
+
+def add_vfio_cdev(host, address, name="vfio0", majmin="511:0"):
+    """The VFIO device cdev of a function: <device>/vfio-dev/vfioN/dev (kernels with iommufd support)."""
+    path = host.device_path(address) / "vfio-dev" / name
+    path.mkdir(parents=True)
+    (path / "dev").write_text(majmin + "\n")
 
 
 def add_open_fd(host, pid, target, comm="qemu-system-x86"):

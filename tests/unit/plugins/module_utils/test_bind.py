@@ -216,7 +216,10 @@ def test_safety_refusal_names_device_check_and_reason(lab):
     with pytest.raises(BindError) as exc:
         plan_for(host, kernel, tmp, address=["00:03.0", "00:02.0", "00:01.0"], ssh="10.0.2.2 40000 10.0.2.15 22")
     msg = exc.value.msg
-    assert "0000:00:03.0 backs / (/dev/vda1 mounted there) - refusing (storage check); list it in force" in msg
+    assert (
+        "0000:00:03.0 backs / (/dev/vda1 mounted there) - refusing (storage check); to override, name the check in "
+        "force: {'0000:00:03.0': ['storage']}" in msg
+    )
     assert "0000:00:02.0 is NIC eth0, which carries the default route - refusing (network check)" in msg
     assert "0000:00:01.0 is the boot VGA device (boot_vga=1) - refusing (console check)" in msg
     assert kernel.log == []
@@ -229,7 +232,53 @@ def test_force_applies_only_to_listed_devices(lab):
     assert "0000:00:02.0 is NIC eth0" in exc.value.msg
     assert "0000:00:03.0 backs /" not in exc.value.msg
     plan = plan_for(host, kernel, tmp, address=["00:03.0"], force=["0000:00:03.0"])
-    assert any("going ahead because it is listed in force" in w for w in plan.warnings)
+    assert any("going ahead because force names the storage check for it" in w for w in plan.warnings)
+    assert plan.devices[0].result()["forced"] == ["storage"]
+
+
+def test_force_is_per_check(lab):
+    host, kernel, tmp = lab
+    ssh = "10.0.2.2 40000 10.0.2.15 22"
+    # the boot VGA device: forcing storage does not override console
+    with pytest.raises(BindError) as exc:
+        plan_for(host, kernel, tmp, address=["00:01.0"], force={"00:01.0": ["storage"]})
+    assert "refusing (console check)" in exc.value.msg
+    plan = plan_for(host, kernel, tmp, address=["00:01.0"], force={"0000:00:01.0": ["console"]})
+    assert plan.devices[0].forced == ["console"]
+    assert plan.warnings == [
+        "0000:00:01.0 is the boot VGA device (boot_vga=1) (console check) - going ahead because force names the "
+        "console check for it"
+    ]
+    # a NIC protected by network: forcing console for it is not enough, network is
+    with pytest.raises(BindError, match=r"refusing \(network check\)"):
+        plan_for(host, kernel, tmp, ssh=ssh, address=["00:02.0"], force={"00:02.0": ["console"]})
+    plan = plan_for(host, kernel, tmp, ssh=ssh, address=["00:02.0"], force={"00:02.0": ["network", "console"]})
+    assert [d.result()["forced"] for d in plan.devices if d.address == "0000:00:02.0"] == [["network"]]
+
+
+@pytest.mark.parametrize(
+    ("force", "message"),
+    [
+        ({"00:01.0": ["boot_vga"]}, "'boot_vga' is not a safety check; the checks are storage, network, console"),
+        ({"00:01.0": "console"}, "expected a non-empty list of check names"),
+        ({"00:01.0": []}, "expected a non-empty list of check names"),
+        ({"00:01.0\n": ["console"]}, "control character"),
+        ({"00:01.0": ["console\n"]}, "control character"),
+        ("00:01.0", "expected a dict of address -> list of check names"),
+    ],
+)
+def test_force_is_validated(force, message):
+    errors = _bind.validate(Request(address=["00:01.0"], force=force))
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_force_list_form_means_every_check():
+    from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+
+    checks = ("storage", "network", "console", "vfio-in-use")
+    assert _validate.force_spec("force", ["00:01.0"], checks) == ({"0000:00:01.0": list(checks)}, True)
+    assert _validate.force_spec("force", {"00:01.0": ["console"]}, checks) == ({"0000:00:01.0": ["console"]}, False)
+    assert _validate.force_spec("force", [], checks) == ({}, False)
 
 
 def test_companion_is_safety_checked(lab):

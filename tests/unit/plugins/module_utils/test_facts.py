@@ -6,6 +6,12 @@ from __future__ import annotations
 import pytest
 from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather, iommu_cmdline
 from ansible_collections.hostdev.vfio.plugins.module_utils._pciids import PciIds
+from ansible_collections.hostdev.vfio.tests.unit.plugins.module_utils.fakekernel import (
+    add_block,
+    add_netdev,
+    set_mounts,
+    set_routes,
+)
 from ansible_collections.hostdev.vfio.tests.unit.plugins.module_utils.fakesysfs import FakeHost, gpu_host
 
 PCI_IDS = """\
@@ -86,9 +92,13 @@ def test_full_shape_gpu_host(tmp_path):
         "has_reset": True,
         "sriov": None,
         "physfn": None,
+        "vfio_interfaces": [],
+        "vfio_cdev": None,
         "vfio_capable": True,
         "vfio_blockers": [],
         "unreadable": None,
+        "builtin_modules": [],
+        "host_needs": [],
     }
     pf = by_address(facts)["0000:03:00.0"]
     assert pf["sriov"] == {"totalvfs": 7, "numvfs": 2, "virtfns": ["0000:03:10.0", "0000:03:10.4"]}
@@ -187,6 +197,20 @@ def test_vfio_group_files(tmp_path):
     assert facts_of(host, names=False)["vfio"]["group_files"] == [2, 1000]
 
 
+def test_vfio_interfaces_group_and_cdev(tmp_path):
+    from ansible_collections.hostdev.vfio.tests.unit.plugins.module_utils.fakekernel import add_vfio_cdev
+
+    host = gpu_host(tmp_path)
+    assert by_address(facts_of(host, names=False))["0000:01:00.0"]["vfio_interfaces"] == []
+    host.bind("0000:01:00.0", "vfio-pci")  # a VFIO driver: the group door, even before udev made the node
+    assert by_address(facts_of(host, names=False))["0000:01:00.0"]["vfio_interfaces"] == ["group"]
+    add_vfio_cdev(host, "0000:01:00.0", "vfio3", "511:3")
+    dev = by_address(facts_of(host, names=False))["0000:01:00.0"]
+    assert (dev["vfio_interfaces"], dev["vfio_cdev"]) == (["group", "cdev"], "vfio3")
+    host.add_vfio_group_file(1000)  # /dev/vfio/1000 exists: its member offers the group door whatever its driver
+    assert by_address(facts_of(host, names=False))["0000:03:10.0"]["vfio_interfaces"] == ["group"]
+
+
 def test_device_class_filter_keeps_companions(tmp_path):
     facts = facts_of(gpu_host(tmp_path), names=False, device_class=["03"])
     assert [g["id"] for g in facts["groups"]] == [2, 7]
@@ -250,6 +274,28 @@ def test_host_modules_from_modalias_like_modprobe_resolve_alias(tmp_path):
     assert devs["0000:00:17.0"]["host_modules"] == ["ahci"]  # built in: only modules.builtin.alias matches
     assert devs["0000:00:17.0"]["driver_module"] is None
     assert devs["0000:00:00.0"]["host_modules"] == []
+    # Built-in drivers are named whether or not a loadable module matches too: the kernel binds them at boot.
+    assert devs["0000:00:17.0"]["builtin_modules"] == ["ahci"]
+    assert devs["0000:00:19.0"]["builtin_modules"] == ["notthisone"]
+    assert devs["0000:01:00.0"]["builtin_modules"] == []
+
+
+def test_host_needs_names_root_disk_management_nic_and_boot_vga(tmp_path):
+    host = gpu_host(tmp_path)
+    add_block(host, "0000:00:17.0", "sda", "8:0", {"sda1": "8:1"}, subdir="ata1/host0")
+    set_mounts(host, [("8:1", "/", "ext4", "/dev/sda1")])
+    add_netdev(host, "eno1", "0000:00:1f.6")
+    set_routes(host, [("eno1", "0.0.0.0", "0.0.0.0", "192.0.2.1")])
+    devs = by_address(facts_of(host, names=False, ssh_connection="192.0.2.7 50000 192.0.2.1 22"))
+    assert devs["0000:00:17.0"]["host_needs"] == [{"check": "storage", "reason": "backs / (/dev/sda1 mounted there)"}]
+    nic = "is NIC eno1, which carries the"
+    assert devs["0000:00:1f.6"]["host_needs"] == [
+        {"check": "network", "reason": f"{nic} default route"},
+        {"check": "network", "reason": f"{nic} route to this SSH session's client address 192.0.2.7"},
+        {"check": "network", "reason": f"{nic} route to this SSH session's server address 192.0.2.1"},
+    ]
+    assert devs["0000:00:02.0"]["host_needs"] == [{"check": "console", "reason": "is the boot VGA device (boot_vga=1)"}]
+    assert devs["0000:01:00.0"]["host_needs"] == []
 
 
 def test_host_modules_empty_without_alias_tables(tmp_path):

@@ -107,15 +107,35 @@ def test_bad_input_fails_and_leaves_the_file_alone(root, kw, needle):
     assert digest(conf) == before
 
 
-def test_warns_about_other_files_and_builtin(root):
+def test_warns_about_other_files(root):
     (root / "lib" / "modprobe.d").mkdir(parents=True)
     (root / "lib" / "modprobe.d" / "00-early.conf").write_text("softdep snd_hda_intel pre: other\n")
-    builtin = root / "lib" / "modules" / "6.1.0-x" / "modules.builtin"
-    builtin.parent.mkdir(parents=True)
-    builtin.write_text("kernel/sound/pci/hda/snd-hda-intel.ko\n")
     result, failed = run_module(modprobe_softdep.main, args(root, kernel_release="6.1.0-x"))
     assert not failed
     assert result["effective"]["path"] == "/lib/modprobe.d/00-early.conf"
-    text = " ".join(result["warnings"])
-    assert "comes first and wins" in text
-    assert "built into kernel 6.1.0-x" in text
+    assert "comes first and wins" in " ".join(result["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("builtin_list", "route"),
+    [
+        ("kernel/sound/pci/hda/snd-hda-intel.ko\n", "vfio-pci is a module in this kernel and loads after the built-in"),
+        (
+            "kernel/sound/pci/hda/snd-hda-intel.ko\nkernel/drivers/vfio/pci/vfio-pci.ko\n",
+            "vfio-pci is built into this kernel too, so the kernel argument vfio-pci.ids=VENDOR:DEVICE",
+        ),
+    ],
+)
+def test_softdep_for_a_builtin_driver_is_refused_with_the_route_that_works(root, builtin_list, route):
+    builtin = root / "lib" / "modules" / "6.1.0-x" / "modules.builtin"
+    builtin.parent.mkdir(parents=True)
+    builtin.write_text(builtin_list)
+    result, failed = run_module(modprobe_softdep.main, args(root, kernel_release="6.1.0-x"))
+    assert failed
+    assert "refusing a softdep for snd_hda_intel: it is built into kernel 6.1.0-x (modules.builtin)" in result["msg"]
+    assert "bind the device at runtime after boot with hostdev.vfio.vfio_bind" in result["msg"]
+    assert route in result["msg"]
+    assert not (root / PATH.lstrip("/")).exists()
+    # removing one is still allowed
+    result, failed = run_module(modprobe_softdep.main, args(root, kernel_release="6.1.0-x", state="absent"))
+    assert not failed

@@ -179,3 +179,27 @@ def test_initramfs_update_needed_follows_what_the_generator_carries(lab, monkeyp
     assert result["initramfs_update_needed"] is needed
     warned = any("does not carry it" in w for w in result.get("warnings", []))
     assert warned is (generator is not None and not needed)
+
+
+def test_force_per_check_and_the_deprecated_list(lab, monkeypatch):
+    from ansible.module_utils import basic
+
+    host, _kernel, tmp = lab
+    deprecations = []
+    monkeypatch.setattr(basic.AnsibleModule, "deprecate", lambda self, msg, **kw: deprecations.append((msg, kw)))
+    check = {"_ansible_check_mode": True}
+    result, failed = run_module(
+        vfio_bind.main, args(host, tmp, address=["00:01.0"], force={"00:01.0": ["storage"]}, **check)
+    )
+    assert failed and "refusing (console check)" in result["msg"]
+    result, failed = run_module(
+        vfio_bind.main, args(host, tmp, address=["00:01.0"], force={"00:01.0": ["console"]}, **check)
+    )
+    assert not failed and result["devices"][0]["forced"] == ["console"]
+    assert any("force names the console check" in w for w in result["warnings"])
+    assert deprecations == []
+    result, failed = run_module(vfio_bind.main, args(host, tmp, address=["00:01.0"], force=["00:01.0"], **check))
+    assert not failed and result["devices"][0]["forced"] == ["console"]
+    assert deprecations[0][1] == {"version": "1.0.0", "collection_name": "hostdev.vfio"}
+    result, failed = run_module(vfio_bind.main, args(host, tmp, address=["00:01.0"], force={"00:01.0": ["vga"]}))
+    assert failed and "'vga' is not a safety check" in result["msg"]
