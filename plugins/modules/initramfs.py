@@ -29,9 +29,10 @@ description:
     images. Modules built into a kernel (C(modules.builtin)) count as present.
   - With O(regenerate=auto) an image is regenerated when the configuration changed, when O(files_changed=true),
     when it does not exist, or when listing it shows a wanted module or file missing.
-  - "Proven on a real boot in the QEMU lab (Debian 12 guest, reboot, the kernel log shows vfio loaded before the
-    root file system was mounted) - V(initramfs-tools). Proven only by unit tests with fake commands and fake
-    C(/etc) trees - V(dracut), V(mkinitcpio)."
+  - "Proven on a real boot in the QEMU lab (reboot, the kernel log shows vfio loaded before the root file system
+    was mounted, the generator's own lister shows the modules and O(files)) - V(initramfs-tools) on Debian 12,
+    V(dracut) on Debian 13 (root on LVM). Proven only by unit tests with fake commands and fake C(/etc) trees -
+    V(mkinitcpio)."
 author:
   - hostdev.vfio contributors (!UNKNOWN)
 options:

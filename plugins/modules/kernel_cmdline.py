@@ -39,9 +39,10 @@ description:
   - V(bootc) is never detected - it writes C(/usr/lib/bootc/kargs.d/<name>.toml) under O(root) for a bootc
     image build (for example a C(RUN) step of a Containerfile); bootc applies it when the image is installed or
     deployed. On a booted bootc host use V(rpm-ostree).
-  - "Proven on a real boot in the QEMU lab (Debian 12 guest, its own GRUB, reboot, C(/proc/cmdline) read back) -
-    V(grub). Proven only by unit tests with fake commands and fake C(/etc) trees - V(grubby), V(systemd-boot),
-    V(proxmox), V(rpm-ostree), V(bootc)."
+  - "Proven on a real boot in the QEMU lab (reboot, C(/proc/cmdline) read back) - V(grub) on Debian 12 (its own
+    GRUB i386-pc, C(/etc/default/grub.d)), V(systemd-boot) on Debian 13 (UEFI, BLS entries rewritten by
+    C(kernel-install)). Proven only by unit tests with fake commands and fake C(/etc) trees - V(grub) on SUSE and
+    Arch, V(grubby), V(proxmox), V(rpm-ostree), V(bootc)."
 author:
   - hostdev.vfio contributors (!UNKNOWN)
 options:
