@@ -64,8 +64,10 @@ sanity: collection $(SANITY_VENV)/.stamp
 	cd $(COLL) && $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --requirements --color no
 
 # Host tools the unit tests run as oracles (kmod's modprobe and depmod, gcc for a test kernel module, libvirt's
-# virt-xml-validate and the xmllint it runs for the hand-off's <hostdev> elements).
-UNIT_TOOLS := modprobe:kmod depmod:kmod gcc:gcc virt-xml-validate:libvirt-clients xmllint:libxml2-utils
+# virt-xml-validate and the xmllint it runs for the hand-off's <hostdev> elements, Chromium that renders and
+# screenshots the report's picture).
+UNIT_TOOLS := modprobe:kmod depmod:kmod gcc:gcc virt-xml-validate:libvirt-clients xmllint:libxml2-utils \
+  chromium:chromium
 .PHONY: unit-tools
 unit-tools:
 	@need=""; for pair in $(UNIT_TOOLS); do \
@@ -88,7 +90,7 @@ test: test-static lab-test
 
 -include tests/lab/lab.mk
 
-.PHONY: bench-facts bench-bind bench-fleet demo molecule
+.PHONY: bench-facts bench-bind bench-fleet bench-report demo molecule
 bench-facts: collection
 	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python benchmarks/facts.py
 
@@ -101,6 +103,11 @@ bench-bind: collection
 
 bench-fleet: collection
 	flock /tmp/hostdev-lab.lock $(BIN)/python benchmarks/fleet.py
+	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python benchmarks/report.py
+
+# The report from captures over 50, 200 and 500 hosts (no lab, no host contact); also the last part of bench-fleet.
+bench-report: collection
+	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python benchmarks/report.py
 
 # The main job on the built-in default: the lab fleet configured by hostdev.vfio.configure, then the report.
 demo: collection

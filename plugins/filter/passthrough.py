@@ -13,7 +13,7 @@ __metaclass__ = type  # noqa: UP001 - the boilerplate ansible-test sanity expect
 import re
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hostdev.vfio.plugins.module_utils import _handoff
+from ansible_collections.hostdev.vfio.plugins.module_utils import _handoff, _picture
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     is_vfio_driver,
@@ -636,7 +636,9 @@ def host_report(name: str, facts, error: str | None = None, probe=None, include:
     if not facts:
         return {"host": name, "reachable": False, "error": error or "no facts (host unreachable or failed)"}
     devices = passthrough_readiness(facts)
-    for device, verdict in zip(devices, _handoff.verdicts(facts), strict=True):
+    for device, fact, verdict in zip(devices, facts.get("devices") or [], _handoff.verdicts(facts), strict=True):
+        device["parent"] = fact.get("parent")
+        device["is_bridge"] = bool(fact.get("is_bridge"))
         device["vmm"] = vmm_verdict(probe, device["address"])
         device["verdict"] = verdict["verdict"]
         device["verdict_summary"] = verdict["summary"]
@@ -671,11 +673,20 @@ def host_report(name: str, facts, error: str | None = None, probe=None, include:
 
 
 def passthrough_report(
-    hosts: list, host_facts: list, errors=None, probes=None, handoff_include: str = "ready", handoff_names=None
+    hosts, host_facts=None, errors=None, probes=None, handoff_include: str = "ready", handoff_names=None
 ) -> dict:
     """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order;
     ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked; ``handoff_include``
-    and ``handoff_names`` choose the functions and names of each host's hand-off (see hostdev.vfio.handoff_nova)."""
+    and ``handoff_names`` choose the functions and names of each host's hand-off (see hostdev.vfio.handoff_nova).
+    ``hosts`` may instead be the result of the ``capture_facts`` filter (``hosts``, ``facts``, ``errors``)."""
+    if isinstance(hosts, dict):
+        hosts, host_facts, errors = (
+            hosts.get("hosts"),
+            hosts.get("facts"),
+            {**hosts.get("errors", {}), **(errors or {})},
+        )
+    if host_facts is None:
+        raise ValueError("host_facts: each host's facts are required (or pass the result of capture_facts)")
     errors = errors or {}
     hosts, host_facts = _as_list(hosts), _as_list(host_facts)
     probes = _as_list(probes) if probes is not None else [None] * len(hosts)
@@ -704,6 +715,12 @@ def passthrough_report(
     }
 
 
+def passthrough_pictures(report: dict) -> dict:
+    """The report's picture: ``{"legend": svg, "hosts": {host: svg}}``, each host's PCI tree and IOMMU groups as
+    inline SVG coloured by verdict (module_utils/_picture.py)."""
+    return _picture.pictures(report)
+
+
 def _wrap(func):
     def run(*args, **kwargs):
         try:
@@ -729,4 +746,5 @@ class FilterModule:
             "passthrough_verify": _wrap(passthrough_verify),
             "passthrough_readiness": _wrap(passthrough_readiness),
             "passthrough_report": _wrap(passthrough_report),
+            "passthrough_pictures": _wrap(passthrough_pictures),
         }

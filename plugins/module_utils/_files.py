@@ -63,8 +63,8 @@ def read_config(path: str, what: str = "configuration file") -> str | None:
         ) from None
 
 
-def write_atomic(path: str, text: str, atomic_move, mode: int | None = None) -> None:
-    """Write ``text`` to ``path`` through a temp file in its directory and ``atomic_move`` (AnsibleModule's).
+def write_atomic(path: str, text: str | bytes, atomic_move, mode: int | None = None) -> None:
+    """Write ``text`` (or bytes) to ``path`` through a temp file in its directory and ``atomic_move`` (AnsibleModule's).
 
     The mode of an existing file is kept (``mode`` or 0644 for a new one); missing parent directories are made.
     Any failure is a :class:`FileProblem` naming the path - ansible-core 2.19's ``atomic_move`` raises a plain
@@ -78,8 +78,8 @@ def write_atomic(path: str, text: str, atomic_move, mode: int | None = None) -> 
         if mode is None:
             mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostdev-vfio-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         os.chmod(tmp, mode)
         atomic_move(tmp, path)
         tmp = None

@@ -29,6 +29,39 @@ STUB_DRIVERS = frozenset({"pci-stub"})
 BRIDGE_DRIVERS = frozenset({"pcieport"})
 _VFIO_DRIVER_RE = re.compile(r"(?:vfio[-_]pci|[a-z0-9_-]+[-_]vfio[-_]pci)")
 
+# Every entry of a function's sysfs directory that read_device looks at: attribute files, files that only need to
+# exist (``reset`` is write-only), the config space header, links. read_device ignores every other entry, and
+# hostdev.vfio.capture (_capture) copies exactly these, so what is captured and what is read cannot drift apart.
+DEVICE_ATTRIBUTES = (
+    "uevent",
+    "vendor",
+    "device",
+    "subsystem_vendor",
+    "subsystem_device",
+    "class",
+    "modalias",
+    "revision",
+    "numa_node",
+    "driver_override",
+    "reset_method",
+    "boot_vga",
+    "sriov_totalvfs",
+    "sriov_numvfs",
+)
+DEVICE_PRESENCE = ("reset",)
+DEVICE_CONFIG = "config"
+CONFIG_HEADER = 64  # bytes: the standard header (the header type is byte 0x0e)
+DEVICE_LINKS = ("driver", "iommu_group", "physfn")
+VIRTFN_PREFIX = "virtfn"  # virtfn0, virtfn1, ...: links to the VFs of an SR-IOV physical function
+DEVICE_CDEV_DIR = "vfio-dev"  # vfio-dev/vfioN: the function's VFIO device cdev (only its name is read)
+_DEVICE_ENTRIES = frozenset((*DEVICE_ATTRIBUTES, *DEVICE_PRESENCE, DEVICE_CONFIG, *DEVICE_LINKS, DEVICE_CDEV_DIR))
+
+
+def device_entry(name: str) -> bool:
+    """Whether read_device looks at this entry of a function's directory."""
+    return name in _DEVICE_ENTRIES or (name.startswith(VIRTFN_PREFIX) and name[len(VIRTFN_PREFIX) :].isdigit())
+
+
 PCI_HEADER_NORMAL = 0
 PCI_HEADER_BRIDGE = 1
 PCI_HEADER_CARDBUS = 2
@@ -298,9 +331,10 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
     real = _device_dir(sysfs_root, address)
     base = real + "/"
     try:
-        entries = set(os.listdir(real))
+        listing = os.listdir(real)
     except OSError:
-        entries = set()
+        listing = None
+    entries = {name for name in listing or () if device_entry(name)}
 
     def attr(name: str) -> str | None:
         return _read(base + name) if name in entries else None
@@ -317,15 +351,15 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
     virtfns = []
     if totalvfs is not None:
         for name in entries:
-            if name.startswith("virtfn") and name[6:].isdigit():
+            if name.startswith(VIRTFN_PREFIX):
                 vf = _link_name(base + name)
                 if vf:
-                    virtfns.append((int(name[6:]), vf))
-    identity, unreadable = _identity(base, entries)
+                    virtfns.append((int(name[len(VIRTFN_PREFIX) :]), vf))
+    identity, unreadable = _identity(base, entries, listed=bool(listing))
     cdevs = []
-    if "vfio-dev" in entries:
+    if DEVICE_CDEV_DIR in entries:
         with contextlib.suppress(OSError):
-            cdevs = sorted(n for n in os.listdir(base + "vfio-dev") if n.startswith("vfio"))
+            cdevs = sorted(n for n in os.listdir(base + DEVICE_CDEV_DIR) if n.startswith("vfio"))
     cdev = cdevs[0] if cdevs else None
     return PciDevice(
         address=address,
@@ -335,7 +369,7 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
         subsystem_device_id=identity["sdevice"],
         class_code=identity["class"],
         revision=_hex2(attr("revision")),
-        header_type=_header_type(real) if "config" in entries else None,
+        header_type=_header_type(real) if DEVICE_CONFIG in entries else None,
         driver=link("driver"),
         driver_override=override,
         iommu_group=_int(link("iommu_group")),
@@ -361,14 +395,14 @@ def read_device(sysfs_root: str, address: str) -> PciDevice:
 _UNKNOWN = {"vendor": "ffff", "device": "ffff", "svendor": None, "sdevice": None, "class": "", "modalias": None}
 
 
-def _identity(base: str, entries: set) -> tuple:
+def _identity(base: str, entries: set, listed: bool = True) -> tuple:
     """``({vendor, device, svendor, sdevice, class, modalias}, None)``, or the unknown identity and the reason.
 
     One read of uevent gives what five attribute files give (the kernel fills both from the same fields); the
     attribute files are read when uevent lacks them. Every value must be what the kernel writes (hex of the
     right width, ASCII): anything else marks the function unreadable instead of being guessed at.
     """
-    if not entries:
+    if not listed:
         return dict(_UNKNOWN), "its sysfs directory cannot be listed"
 
     def strict(name: str) -> str | None:

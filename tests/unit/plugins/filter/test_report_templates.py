@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from ansible_collections.hostdev.vfio.plugins.filter.passthrough import passthrough_report
+from ansible_collections.hostdev.vfio.plugins.filter.passthrough import FilterModule, passthrough_report
 
 from .test_passthrough import bound_facts, lab_facts
 
@@ -17,6 +17,7 @@ TEMPLATES = Path(__file__).resolve().parents[4] / "playbooks" / "templates"
 
 def render(name: str, report: dict) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True, autoescape=False)
+    env.filters.update({f"hostdev.vfio.{name}": f for name, f in FilterModule().filters().items()})
     return env.get_template(name).render(__report=report)
 
 
