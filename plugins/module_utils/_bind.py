@@ -10,9 +10,12 @@ whole flow over a fake sysfs tree with a fake kernel.
 Persistence is one managed udev rules file (``05-hostdev-vfio.rules``) with one line per device that sets
 ``driver_override`` when the device is added and loads the driver. Its number sorts it before ``80-drivers.rules``,
 whose ``kmod load $env{MODALIAS}`` runs after every rule has been applied, so the host driver finds the override
-already in place and does not bind. Debian's initramfs-tools udev hook copies every /etc/udev/rules.d/*.rules
-without a same-named file in /lib/udev/rules.d into the initramfs, so the rule also acts there after
-``update-initramfs -u`` (the result says when that is needed).
+already in place and does not bind. The line also asks the PCI core to probe the device once more (a write of its
+address to /sys/bus/pci/drivers_probe): where the driver was loaded before udev set the override - dracut loads
+its force_drivers before udev's coldplug - nothing else would bind it, and it would stay on no driver (seen in the
+lab on Debian 13 with dracut). On a bound device the probe does nothing. Debian's initramfs-tools udev hook copies
+every /etc/udev/rules.d/*.rules without a same-named file in /lib/udev/rules.d into the initramfs, so the rule also
+acts there after ``update-initramfs -u`` (the result says when that is needed).
 """
 
 from __future__ import annotations
@@ -241,7 +244,8 @@ def render_rule(address: str, vendor_id: str, device_id: str, driver: str) -> st
         raise BindError(f"refusing to write a udev rule: {address!r} {vendor_id}:{device_id} is not in canonical form")
     return (
         f'ACTION=="add", SUBSYSTEM=="pci", KERNEL=="{address}", ATTR{{vendor}}=="0x{vendor_id}", '
-        f'ATTR{{device}}=="0x{device_id}", ATTR{{driver_override}}="{driver}", RUN{{builtin}}+="kmod load {driver}"\n'
+        f'ATTR{{device}}=="0x{device_id}", ATTR{{driver_override}}="{driver}", RUN{{builtin}}+="kmod load {driver}", '
+        f"RUN+=\"/bin/sh -c 'echo {address} > /sys/bus/pci/drivers_probe'\"\n"
     )
 
 

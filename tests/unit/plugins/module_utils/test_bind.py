@@ -457,7 +457,8 @@ def test_persistent_rule_added_kept_and_removed(lab):
     assert text.startswith('# my own comment\nSUBSYSTEM=="net", ACTION=="add", NAME="keepme"\n')
     assert (
         'ACTION=="add", SUBSYSTEM=="pci", KERNEL=="0000:00:04.0", ATTR{vendor}=="0x8086", ATTR{device}=="0x10d3", '
-        'ATTR{driver_override}="vfio-pci", RUN{builtin}+="kmod load vfio-pci"\n'
+        'ATTR{driver_override}="vfio-pci", RUN{builtin}+="kmod load vfio-pci", '
+        "RUN+=\"/bin/sh -c 'echo 0000:00:04.0 > /sys/bus/pci/drivers_probe'\"\n"
     ) in text
     assert oct(rules.stat().st_mode & 0o777) == "0o644"
     assert not plan_for(host, kernel, tmp, address=[E1000E], persistent=True).changed
