@@ -72,11 +72,17 @@ class BindError(Exception):
 
 
 @dataclass
-class Request:
+class Selection:
+    """The device selectors every module shares (see _argspec.selector_options); ``select`` reads only these."""
+
     address: list = field(default_factory=list)
     ids: list = field(default_factory=list)
     device_class: list = field(default_factory=list)
     query: str | None = None
+
+
+@dataclass
+class Request(Selection):
     driver: str = "vfio-pci"
     group: str = "fail"
     persistent: bool = False
@@ -187,7 +193,7 @@ def run_query(query: str, facts: dict) -> list:
     return out
 
 
-def select(snapshot: Snapshot, request: Request, facts=None) -> list:
+def select(snapshot: Snapshot, request: Selection, facts=None) -> list:
     """The selected addresses: the union of all selectors, ``address`` entries first in the order given (devices
     are changed in this order), then the others in address order. ``facts()`` is called for a query."""
     chosen = set()

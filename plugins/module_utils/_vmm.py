@@ -33,7 +33,7 @@ import resource
 import selectors
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _bind, _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import Snapshot, assess_group, is_vfio_driver
@@ -85,11 +85,7 @@ class VmmError(Exception):
 
 
 @dataclass
-class Request:
-    address: list = field(default_factory=list)
-    ids: list = field(default_factory=list)
-    device_class: list = field(default_factory=list)
-    query: str | None = None
+class Request(_bind.Selection):
     qemu: str | None = None
     accel: str = "auto"
     memory_mib: int = DEFAULT_MEMORY_MIB
@@ -316,11 +312,8 @@ def plan(
 ) -> Plan:
     """Select, check and group the functions, find QEMU and build one argv per IOMMU group. Starts nothing."""
     request = validate(request)
-    selector = _bind.Request(
-        address=request.address, ids=request.ids, device_class=request.device_class, query=request.query
-    )
     try:
-        selected = _bind.select(snapshot, selector, facts)
+        selected = _bind.select(snapshot, request, facts)
     except _bind.BindError as exc:
         raise VmmError(exc.msg) from exc
     if not selected:
