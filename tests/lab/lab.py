@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """hostdev.vfio QEMU lab: boot, reach and stop the guests declared in tests/lab/fleet.yml (or in LAB_FLEET).
 
-Usage: lab.py up [--fresh] [HOST...] | down [HOST...] | status | ssh HOST [CMD...] | reset HOST...
-       | wait HOST... | console HOST [LINES] | hold HOST... | release HOST... | throttle PERCENT
+Usage: lab.py up [--fresh] [HOST...] | tools [HOST...] | images [HOST...] | down [HOST...] | status
+       | ssh HOST [CMD...] | reset HOST... | wait HOST... | console HOST [LINES] | hold HOST... | release HOST...
+       | throttle PERCENT
 State (overlays, pid files, console logs, monitor and QMP sockets, inventory) lives in tests/lab/.state/.
 `hold` makes the guest's next reboot stop it instead (QEMU keeps it powered off and paused); `release` waits until
 the held guest has really gone down that way, then starts it again and waits for ssh. A test that needs a host
@@ -14,6 +15,7 @@ LAB_FLEET (another fleet file, e.g. a copy of fleet.yml on other ssh ports; the 
 """
 
 import argparse
+import concurrent.futures
 import copy
 import functools
 import json
@@ -178,6 +180,13 @@ def build_image(flavour=DEFAULT_FLAVOUR):
     if not os.path.isfile(image):
         raise LabError(f"build-image reported {image!r}, which is not a file")
     return image
+
+
+def build_images(flavours):
+    """Every flavour's image, built side by side (each build takes only its own flavour's lock): {flavour: path}."""
+    flavours = sorted(flavours)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(flavours))) as pool:
+        return dict(zip(flavours, pool.map(build_image, flavours), strict=True))
 
 
 def choose_accel(fleet):
@@ -537,6 +546,8 @@ def write_inventory(fleet):
         "interpreter_python = /usr/bin/python3",
         "timeout = 30",
         "forks = 10",
+        f"callback_plugins = {REPO / 'tests' / 'lab' / 'callback_plugins'}",
+        "callbacks_enabled = lab_timing",
         "",
         "[ssh_connection]",
         "pipelining = True",
@@ -551,7 +562,7 @@ def cmd_up(fleet, names, fresh=False):
     STATE.mkdir(parents=True, exist_ok=True)
     flavours = sorted({flavour_of(fleet["guests"][name]) for name in names})
     ensure_host_tools(flavours)
-    images = {flavour: build_image(flavour) for flavour in flavours}
+    images = build_images(flavours)
     accel = choose_accel(fleet)
     write_inventory(fleet)
     if fresh:
@@ -749,6 +760,9 @@ def main(argv=None):
     up = sub.add_parser("up", help="build the image if needed and boot guests")
     up.add_argument("--fresh", action="store_true", help="discard the guests' overlays first (pristine guests)")
     up.add_argument("hosts", nargs="*")
+    sub.add_parser("tools", help="install the host packages the fleet's guests need").add_argument("hosts", nargs="*")
+    images = sub.add_parser("images", help="build (or find cached) the images of the fleet's flavours, side by side")
+    images.add_argument("hosts", nargs="*")
     sub.add_parser("down", help="power guests off").add_argument("hosts", nargs="*")
     sub.add_parser("status", help="state of every guest").add_argument("hosts", nargs="*")
     ssh = sub.add_parser("ssh", help="ssh into a guest as root")
@@ -786,6 +800,13 @@ def dispatch(fleet, args):
         cmd_throttle(fleet, args.percent)
         return 0
     names = select(fleet, args.hosts)
+    if args.cmd in ("tools", "images"):
+        flavours = sorted({flavour_of(fleet["guests"][name]) for name in names})
+        ensure_host_tools(flavours)
+        if args.cmd == "images":
+            for flavour, image in build_images(flavours).items():
+                log(f"image {flavour}: {image}")
+        return 0
     if args.cmd == "up":
         cmd_up(fleet, names, args.fresh)
     else:

@@ -151,7 +151,7 @@ make_disk() {
 
 flavour_build() {
     local out=$1 root mirror
-    WORK=$(mktemp -d "$CACHE/build.XXXXXX")
+    WORK=$(mktemp -d "$BUILD_DIRS.XXXXXX")
     trap 'rm -rf "$WORK"' EXIT
     root=$WORK/root
     mirror=$(host_mirror)
