@@ -239,6 +239,64 @@ def missing_and_present(current, args, remove) -> tuple[list[str], list[str]]:
     return missing, present
 
 
+def kernel_reading(current: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """The command line as the kernel acts on it: a last-wins parameter keeps only its last occurrence (in that
+    occurrence's place); repeatable parameters and everything after ``--`` (for init) stay as they are."""
+    end = next((i for i, (n, _v) in enumerate(current) if n == "--"), len(current))
+    last = {}
+    for i, (n, _v) in enumerate(current[:end]):
+        if not repeatable(n):
+            last[canonical_name(n)] = i
+    kept = [(n, v) for i, (n, v) in enumerate(current[:end]) if repeatable(n) or last[canonical_name(n)] == i]
+    return kept + list(current[end:])
+
+
+def undo_entries(before, args, remove) -> list[dict]:
+    """What an undo must know of a change, as undo-record entries (module_utils/_record.py): per wanted argument
+    the occurrences of its parameter on the configured command line ``before`` (for a repeatable parameter only
+    the exact occurrence counts), and every argument of ``remove`` that ``before`` actually has."""
+    end = next((i for i, (n, _v) in enumerate(before) if n == "--"), len(before))
+    kernel_part = before[:end]
+    entries = []
+    for n, v in args:
+        key = canonical_name(n)
+        if repeatable(n):
+            had = [render_arg(m, w) for m, w in kernel_part if canonical_name(m) == key and w == v]
+        else:
+            had = [render_arg(m, w) for m, w in kernel_part if canonical_name(m) == key]
+        entries.append({"arg": render_arg(n, v), "had": had})
+    for n, v in remove:
+        key = canonical_name(n)
+        for m, w in kernel_part:
+            if canonical_name(m) == key and (v is None or w == v):
+                entries.append({"removed": render_arg(m, w)})
+    return entries
+
+
+def undo_request(entries: list[dict]) -> tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]:
+    """(args, remove) that give back what the entries say was there: an argument that was not there is removed
+    (that exact value), a last-wins value it replaced is set again, a removed argument is added back, and an
+    argument that was already there stays."""
+    args: list[tuple[str, str | None]] = []
+    remove: list[tuple[str, str | None]] = []
+    for entry in entries:
+        if "removed" in entry:
+            args.extend(parse_cmdline(entry["removed"]))
+            continue
+        ((n, v),) = parse_cmdline(entry["arg"])
+        had = [pair for text in entry["had"] for pair in parse_cmdline(text)]
+        if (canonical_name(n), v) in {(canonical_name(m), w) for m, w in had}:
+            continue
+        if had and not repeatable(n):
+            args.append(had[-1])  # the kernel read the last one; setting it replaces ours
+        else:
+            remove.append((n, v))
+    # a name set again wins over its removal (a last-wins parameter has one value)
+    set_names = {canonical_name(n) for n, _v in args if not repeatable(n)}
+    remove = [(n, v) for n, v in remove if canonical_name(n) not in set_names]
+    return args, remove
+
+
 def conflicts(args, remove) -> list[str]:
     """Arguments that are both wanted and removed: a bare ``remove`` name that is in ``args``, the same
     name=value in both, or a last-wins parameter in both (it can only have one value)."""

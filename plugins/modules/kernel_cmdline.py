@@ -22,7 +22,9 @@ description:
   - Values of the IOMMU parameters it knows (C(intel_iommu), C(amd_iommu), C(iommu), C(iommu.passthrough),
     C(iommu.strict)) are checked against the values the kernel accepts. For example C(amd_iommu=on) is refused,
     because the kernel has no such value. Set O(allow_unknown_values=true) to pass such values through anyway.
-  - Returns RV(reboot_required) by comparing the wanted arguments with the running kernel's C(/proc/cmdline).
+  - Returns RV(reboot_required) by comparing the wanted arguments with the running kernel's C(/proc/cmdline), read
+    as the kernel reads it - the last occurrence of a parameter wins, so C(intel_iommu=off ... intel_iommu=on)
+    is C(intel_iommu=on).
   - "Backends, as detected by O(backend=auto) in this order: V(rpm-ostree) (C(/run/ostree-booted) exists and
     C(rpm-ostree) is installed; C(rpm-ostree kargs)), V(proxmox) (C(proxmox-boot-tool) is installed;
     C(/etc/kernel/cmdline) and C(proxmox-boot-tool refresh) when it manages ESPs booted by systemd-boot,
@@ -113,6 +115,31 @@ options:
       - Where procfs is mounted; C(cmdline) below it is the running kernel's command line.
     type: path
     default: /proc
+  record:
+    description:
+      - Keep an undo record of the change under O(name), in C(undo-record.json) in O(state_dir) below O(root) (the
+        record M(hostdev.vfio.undo_record) keeps files in). For each argument of O(args) the record notes what
+        the configured command line had for that parameter before - nothing, that very argument, or the values it
+        replaces - and for O(remove) every argument that was actually there. O(undo=true) later gives exactly that
+        back.
+      - The record is written before the change (a run stopped half way leaves it, and the next run completes
+        the change), and an entry is never replaced by a later run (the first sight wins), so the second run
+        does not take the first run's own argument for one the host already had.
+    type: bool
+    default: false
+  undo:
+    description:
+      - Give back what the undo record of O(name) says this module changed - remove the arguments it added, set
+        again the values it replaced, add back the arguments it removed, and leave the arguments that were
+        already there - then drop those entries. Without a record nothing changes and RV(record_found) is false.
+      - Cannot be combined with O(args), O(remove) or O(record). The recorded values are checked like O(args).
+    type: bool
+    default: false
+  state_dir:
+    description:
+      - Directory of the undo record, below O(root).
+    type: path
+    default: /var/lib/hostdev-vfio
 attributes:
   check_mode:
     support: full
@@ -227,12 +254,35 @@ notes:
   type: list
   elements: str
   sample: []
+record_file:
+  description: The undo record's path (with O(root)).
+  returned: when O(record) or O(undo) is true
+  type: str
+  sample: /var/lib/hostdev-vfio/undo-record.json
+record:
+  description: The record's entries for O(name) after this call (before it, for O(undo)) - C(arg) with C(had), the
+    parameter's occurrences before, or C(removed).
+  returned: when O(record) is true, or O(undo) found a record
+  type: list
+  elements: dict
+  sample: [{"arg": "intel_iommu=on", "had": []}, {"arg": "iommu=pt", "had": ["iommu=pt"]}]
+record_found:
+  description: Whether O(undo) found a record for O(name).
+  returned: when O(undo) is true
+  type: bool
+  sample: true
+reverted:
+  description: The entries O(undo) gave back.
+  returned: when O(undo) found a record
+  type: list
+  elements: dict
+  sample: [{"arg": "intel_iommu=on", "had": []}]
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils import _record, _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, write_atomic
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import (
     GRUB_LAYOUTS,
@@ -242,6 +292,7 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline impor
     detect_backend,
     file_diff,
     grub_family,
+    kernel_reading,
     missing_and_present,
     parse_cmdline,
     parse_request,
@@ -254,6 +305,8 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline impor
     read_lenient,
     render_cmdline,
     satisfied,
+    undo_entries,
+    undo_request,
 )
 
 
@@ -263,6 +316,13 @@ def _write(module, path, text):
         write_atomic(path, text, module.atomic_move, mode=0o644)
     except FileProblem as exc:
         module.fail_json(msg=str(exc))
+
+
+def _save_record(module, path, record, result):
+    try:
+        _record.save(path, record, module.atomic_move)
+    except _record.RecordError as exc:
+        module.fail_json(msg=str(exc), **result)
 
 
 def _remove(module, path):
@@ -316,7 +376,11 @@ def main():
             name=dict(type="str", default="hostdev-vfio"),
             root=dict(type="path", default="/"),
             proc_root=dict(type="path", default="/proc"),
+            record=dict(type="bool", default=False),
+            undo=dict(type="bool", default=False),
+            state_dir=dict(type="path", default=_record.DEFAULT_STATE_DIR),
         ),
+        mutually_exclusive=[("undo", "args"), ("undo", "remove"), ("undo", "record")],
         supports_check_mode=True,
     )
     p = module.params
@@ -327,8 +391,37 @@ def main():
         _validate.file_name("name", p["name"])
         _validate.path_text("root", p["root"])
         _validate.path_text("proc_root", p["proc_root"])
+        record_file = _record.record_path(p["root"], p["state_dir"])
     except (CmdlineError, _validate.InvalidValue) as e:
         module.fail_json(msg=str(e))
+
+    record = undo = None
+    if p["record"] or p["undo"]:
+        try:
+            record = _record.load(record_file)
+        except _record.RecordError as e:
+            module.fail_json(msg=str(e))
+    if p["undo"]:
+        undo = _record.kernel_args_of(record, p["name"])
+        if undo is None:
+            module.exit_json(
+                changed=False,
+                record_found=False,
+                record_file=record_file,
+                reboot_required=False,
+                missing=[],
+                unwanted=[],
+                files=[],
+                commands=[],
+                notes=[f"no undo record for {p['name']!r} in {record_file}"],
+            )
+        args, remove = undo_request(undo)
+        try:
+            # recorded values go back onto the command line: the same check as the user's own arguments
+            args = parse_request([render_cmdline([a]) for a in args], "args (from the undo record)")
+            remove = parse_request([render_cmdline([a]) for a in remove], "remove (from the undo record)")
+        except CmdlineError as e:
+            module.fail_json(msg=f"{record_file}: {e}")
     both = conflicts(args, remove)
     if both:
         module.fail_json(msg=f"these parameters are both in args and in remove: {', '.join(both)}")
@@ -355,7 +448,16 @@ def main():
     except CmdlineError as e:
         module.fail_json(msg=str(e), backend=backend)
 
-    missing, unwanted = missing_and_present(running, args, remove)
+    # The running kernel acted on the last occurrence of a last-wins parameter: x=off ... x=on is x=on.
+    effective = kernel_reading(running)
+    missing, unwanted = missing_and_present(effective, args, remove)
+    new_entries = undo_entries(plan.cmdline_before, args, remove) if p["record"] else []
+    record_changed = False
+    if p["record"]:
+        record_changed = _record.add_kernel_args(record, p["name"], new_entries)
+    elif undo is not None:
+        _record.drop_kernel_args(record, p["name"])
+        record_changed = True
     diff = [
         {
             "before_header": "kernel command line (next boot)",
@@ -365,12 +467,12 @@ def main():
         }
     ] + [file_diff(path, before, after) for path, before, after in plan.files]
     result = dict(
-        changed=plan.changed,
+        changed=plan.changed or record_changed,
         backend=plan.backend,
         cmdline_before=render_cmdline(plan.cmdline_before),
         cmdline_after=render_cmdline(plan.cmdline_after),
         running_cmdline=render_cmdline(running),
-        reboot_required=not satisfied(running, args, remove),
+        reboot_required=not satisfied(effective, args, remove),
         missing=missing,
         unwanted=unwanted,
         files=[f[0] for f in plan.files],
@@ -379,7 +481,18 @@ def main():
         notes=plan.notes,
         diff=diff,
     )
-    if module.check_mode or not plan.changed:
+    if p["record"] or p["undo"]:
+        entries = undo if p["undo"] else record["kernel_cmdline"].get(p["name"], [])
+        result.update(record_file=record_file, record=entries)
+        if p["undo"]:
+            result.update(record_found=True, reverted=undo)
+    if module.check_mode:
+        module.exit_json(**result)
+    if p["record"] and record_changed:
+        _save_record(module, record_file, record, result)  # write-ahead: the record before the change
+    if not plan.changed:
+        if p["undo"]:
+            _save_record(module, record_file, record, result)
         module.exit_json(**result)
 
     for path, _before, after in plan.files:
@@ -403,6 +516,8 @@ def main():
             + ". Another configuration file may override them (for GRUB, look in /etc/default/grub.d/).",
             **result,
         )
+    if p["undo"]:
+        _save_record(module, record_file, record, result)  # only once the command line is given back
     module.exit_json(**result)
 
 
