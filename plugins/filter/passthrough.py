@@ -300,6 +300,12 @@ def passthrough_resolve(facts: dict, selectors: list) -> list:
     return resolved
 
 
+def forced_checks(force) -> dict:
+    """``passthrough_force`` as ``{address in the kernel's form: [check, ...]}``: the safety checks the user overrides
+    per function (the list form means every check). Raises ``_validate.InvalidValue`` for a value the role refuses."""
+    return v.force_spec("passthrough_force", force or {}, SAFETY_CHECKS)[0]
+
+
 def passthrough_bind_plan(resolved: list, iommu_enabled: bool, bind_results=None, force=None) -> list:
     """The binds of this run, per function, for the summary: what vfio_bind planned or did (``bind_results``, the
     registered loop) when the IOMMU is on; when it is off, the binds that will happen after the reboot that turns it
@@ -308,7 +314,7 @@ def passthrough_bind_plan(resolved: list, iommu_enabled: bool, bind_results=None
     Each entry: address, role, driver_before, driver_after, actions, forced (the safety checks force overrides),
     after_reboot.
     """
-    forced = v.force_spec("passthrough_force", force or {}, SAFETY_CHECKS)[0]
+    forced = forced_checks(force)
     out = []
     if iommu_enabled:
         for run in _as_list((bind_results or {}).get("results") if isinstance(bind_results, dict) else bind_results):
@@ -626,15 +632,31 @@ def vmm_verdict(probe, address: str):
     return None
 
 
-def host_report(name: str, facts, error: str | None = None, probe=None, include: str = "ready", names=None) -> dict:
-    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked.
+def _host_forced(facts: dict, force) -> tuple:
+    """The host's ``passthrough_force`` per function, and warnings: a value the role refuses (nothing forced), an
+    address the host does not have."""
+    try:
+        forced = forced_checks(force)
+    except v.InvalidValue as exc:
+        return {}, [f"{exc}; the role refuses this value, so it forces nothing on this host"]
+    present = _devices_by_address(facts)
+    return forced, [f"passthrough_force names {a}, which this host does not have" for a in forced if a not in present]
+
+
+def host_report(
+    name: str, facts, error: str | None = None, probe=None, include: str = "ready", names=None, force=None
+) -> dict:
+    """One host's section of the fleet report; ``probe`` is the host's vmm_probe result, if QEMU was asked;
+    ``force`` its ``passthrough_force``.
 
     Each function carries its verdict (``_handoff.function_verdict``: ``verdict``, ``verdict_summary``,
-    ``verdict_notes``); ``handoff`` holds the four hand-off formats for the ``include`` functions (ready or
+    ``verdict_notes``) and ``forced``, the safety checks ``force`` overrides for it (``forced`` of the host: the
+    same by address); ``handoff`` holds the four hand-off formats for the ``include`` functions (ready or
     candidates) with ``names`` by vendor:device.
     """
     if not facts:
         return {"host": name, "reachable": False, "error": error or "no facts (host unreachable or failed)"}
+    forced, force_warnings = _host_forced(facts, force)
     devices = passthrough_readiness(facts)
     for device, fact, verdict in zip(devices, facts.get("devices") or [], _handoff.verdicts(facts), strict=True):
         device["parent"] = fact.get("parent")
@@ -643,6 +665,7 @@ def host_report(name: str, facts, error: str | None = None, probe=None, include:
         device["verdict"] = verdict["verdict"]
         device["verdict_summary"] = verdict["summary"]
         device["verdict_notes"] = verdict["notes"]
+        device["forced"] = forced.get(device["address"], [])
     groups = [
         {
             "id": g["id"],
@@ -661,7 +684,8 @@ def host_report(name: str, facts, error: str | None = None, probe=None, include:
         "units": [u.get("name") for u in facts.get("units") or []],
         "firmware_tables": facts.get("firmware_tables") or [],
         "cmdline": facts.get("cmdline") or {},
-        "warnings": facts.get("warnings") or [],
+        "warnings": (facts.get("warnings") or []) + force_warnings,
+        "forced": forced,
         "groups": groups,
         "devices": devices,
         "ready_count": sum(1 for d in devices if d["ready"]),
@@ -673,11 +697,18 @@ def host_report(name: str, facts, error: str | None = None, probe=None, include:
 
 
 def passthrough_report(
-    hosts, host_facts=None, errors=None, probes=None, handoff_include: str = "ready", handoff_names=None
+    hosts,
+    host_facts=None,
+    errors=None,
+    probes=None,
+    handoff_include: str = "ready",
+    handoff_names=None,
+    force=None,
 ) -> dict:
     """The fleet report: ``hosts`` (names) and ``host_facts`` (their ``ansible_facts.iommu`` or null), in order;
     ``probes``, in the same order, each host's vmm_probe result (or null) when QEMU was asked; ``handoff_include``
-    and ``handoff_names`` choose the functions and names of each host's hand-off (see hostdev.vfio.handoff_nova).
+    and ``handoff_names`` choose the functions and names of each host's hand-off (see hostdev.vfio.handoff_nova);
+    ``force`` maps host names to their ``passthrough_force`` (hosts not in it force nothing).
     ``hosts`` may instead be the result of the ``capture_facts`` filter (``hosts``, ``facts``, ``errors``)."""
     if isinstance(hosts, dict):
         hosts, host_facts, errors = (
@@ -693,8 +724,11 @@ def passthrough_report(
     if handoff_include not in _handoff.INCLUDE:
         raise ValueError(f"handoff_include: {v.shown(handoff_include)} is not one of {', '.join(_handoff.INCLUDE)}")
     _handoff.check_names(handoff_names)
+    force = {} if force is None else force
+    if not isinstance(force, dict):
+        raise ValueError(f"force: expected a dict of host name -> passthrough_force, got {v.shown(force)}")
     sections = [
-        host_report(h, f, errors.get(h), p, handoff_include, handoff_names)
+        host_report(h, f, errors.get(h), p, handoff_include, handoff_names, force.get(h))
         for h, f, p in zip(hosts, host_facts, probes, strict=True)
     ]
     reachable = [s for s in sections if s["reachable"]]
@@ -707,6 +741,7 @@ def passthrough_report(
             "ready_devices": sum(s["ready_count"] for s in reachable),
             "devices": sum(s["device_count"] for s in reachable),
             "qemu_took": sum(1 for s in reachable for d in s["devices"] if d["vmm"] == "took it"),
+            "forced": sum(1 for s in reachable for d in s["devices"] if d["forced"]),
             "verdicts": {
                 code: sum(1 for s in reachable for d in s["devices"] if d["verdict"] == code)
                 for code in _handoff.VERDICTS

@@ -470,6 +470,7 @@ def test_report_totals_and_unreachable_host():
         "ready_devices": 2,
         "devices": 6,
         "qemu_took": 0,
+        "forced": 0,
         "verdicts": {"ready": 2, "as-is": 2, "park-companions": 1, "risk": 0, "host-needs-it": 0, "no": 1},
     }
     assert report["hosts"][1] == {"host": "gone", "reachable": False, "error": "unreachable"}
@@ -534,3 +535,40 @@ def test_report_carries_verdicts_and_handoff_per_host():
         filters["passthrough_report"](["a"], [facts], handoff_include="some")
     with pytest.raises(AnsibleFilterError, match=r"names\[.8086:10d3.\]: .NIC\\n. contains the control character"):
         filters["passthrough_report"](["a"], [facts], handoff_names={"8086:10d3": "NIC\n"})
+
+
+def test_report_shows_the_checks_forced_per_function():
+    """passthrough_force per host: the checks beside each function, by address on the host, counted in the totals;
+    a value the role refuses or an address the host lacks is a warning of that host, not a failed report."""
+    force = {
+        "intel": {"00:01.0": ["console"], "0000:00:04.0": ["network", "storage"], "0000:00:1f.0": ["storage"]},
+        "bad": {"0000:00:01.0": ["boot_vga"]},
+        "legacy": ["0000:00:05.0"],
+        "unreachable": {"0000:00:01.0": ["console"]},
+    }
+    hosts = ["intel", "bad", "legacy", "plain", "unreachable"]
+    report = passthrough_report(hosts, [bound_facts()] * 4 + [None], force=force)
+    intel, bad, legacy, plain, unreachable = report["hosts"]
+    forced = {d["address"]: d["forced"] for d in intel["devices"] if d["forced"]}
+    assert forced == {"0000:00:01.0": ["console"], "0000:00:04.0": ["network", "storage"]}
+    assert intel["forced"] == {
+        "0000:00:01.0": ["console"],
+        "0000:00:04.0": ["network", "storage"],
+        "0000:00:1f.0": ["storage"],
+    }
+    assert intel["warnings"] == ["passthrough_force names 0000:00:1f.0, which this host does not have"]
+    assert bad["forced"] == {} and not any(d["forced"] for d in bad["devices"])
+    [warning] = bad["warnings"]
+    assert "'boot_vga' is not a safety check" in warning and "forces nothing on this host" in warning
+    assert {d["address"]: d["forced"] for d in legacy["devices"] if d["forced"]} == {
+        "0000:00:05.0": ["storage", "network", "console", "vfio-in-use"]
+    }
+    assert plain["forced"] == {} and plain["warnings"] == [] and not any(d["forced"] for d in plain["devices"])
+    assert "forced" not in unreachable
+    assert report["totals"]["forced"] == 3
+    # what the summary's bind plan shows comes from the same reading of passthrough_force
+    selection = passthrough_resolve(lab_facts(enabled=False), [{"address": ["00:01.0"], "group": "ignore"}])
+    [bind] = passthrough_bind_plan(selection, False, None, force["intel"])
+    assert bind["forced"] == intel["devices"][0]["forced"] == ["console"]
+    with pytest.raises(AnsibleFilterError, match="force: expected a dict of host name -> passthrough_force"):
+        FilterModule().filters()["passthrough_report"](["intel"], [bound_facts()], force=["0000:00:01.0"])

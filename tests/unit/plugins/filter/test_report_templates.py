@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
@@ -25,7 +26,10 @@ def render(name: str, report: dict) -> str:
 def report():
     facts = lab_facts(enabled=False)
     facts["devices"][1]["device_name"] = "<script>alert(1)</script>"
-    return passthrough_report(["intel", "noiommu", "gone"], [bound_facts(), facts, None], {"gone": "unreachable"})
+    force = {"intel": {"0000:00:01.0": ["console"], "0000:00:05.0": ["storage", "network"]}}
+    return passthrough_report(
+        ["intel", "noiommu", "gone"], [bound_facts(), facts, None], {"gone": "unreachable"}, force=force
+    )
 
 
 def test_markdown(report):
@@ -72,3 +76,20 @@ def test_html_handoff_blocks_are_escaped(report):
     assert '<pre class="handoff-nova">[pci]\ndevice_spec = {&#34;vendor_id&#34;: &#34;8086&#34;' in html
     assert "<hostdev" not in html
     assert '<td class="no">no</td><td>no: the IOMMU is off</td>' in html
+
+
+def test_forced_checks_beside_their_function(report):
+    """Markdown, HTML and the JSON the playbook writes all say which checks were forced for which function."""
+    text = render("report.md.j2", report)
+    assert "| 0000:00:01.0 **forced: console** | 1234:1111 |" in text
+    assert "| 0000:00:05.0 **forced: storage, network** | 8086:293e |" in text
+    assert "| 0000:00:04.0 | 8086:10d3 |" in text
+    assert "- Forced (passthrough_force): 0000:00:01.0: console\n" in text
+    assert text.count("forced: ") == 2  # noiommu forces nothing
+    html = render("report.html.j2", report)
+    assert '<tr><td>0000:00:01.0 <span class="forced">forced: console</span></td><td>1234:1111</td>' in html
+    assert "<tr><td>0000:00:04.0</td><td>8086:10d3</td>" in html
+    assert '<p class="forced">Forced (passthrough_force): 0000:00:05.0: storage, network</p>' in html
+    intel = json.loads(json.dumps(report))["hosts"][0]
+    assert intel["forced"] == {"0000:00:01.0": ["console"], "0000:00:05.0": ["storage", "network"]}
+    assert [d["forced"] for d in intel["devices"]][:3] == [["console"], [], ["storage", "network"]]
