@@ -68,6 +68,10 @@ flavour_customize() {
     printf 'LABEL=ESP\t/boot/efi\tvfat\tumask=0077,x-systemd.automount\t0\t0\n' >>"$root/etc/fstab"
     # No interactive first-boot questions on the serial console (the machine id is empty in the image).
     chroot "$root" systemctl mask systemd-firstboot.service >/dev/null 2>&1
+    # systemd-boot-random-seed refreshes a seed file in the ESP at every boot, before sysinit.target: its access
+    # triggers the ESP's automount and waits for the disk's partition device, ~12 s of every boot under TCG (measured
+    # with systemd-analyze critical-chain). No test reads the seed; the ESP is then mounted by its first real user.
+    chroot "$root" systemctl mask systemd-boot-random-seed.service >/dev/null 2>&1
 
     kver=$(basename "$(ls -1 "$root"/boot/vmlinuz-* | sort -V | tail -n1)")
     kver=${kver#vmlinuz-}
