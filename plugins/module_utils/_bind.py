@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _files
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import Failed
 from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import KernelError
 from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     BRIDGE_DRIVERS,
@@ -38,10 +39,12 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
     Snapshot,
     assess_group,
     is_vfio_driver,
-    normalize_address,
+    query_addresses,
+    read_snapshot,
     same_module,
 )
 from ansible_collections.hostdev.vfio.plugins.module_utils._safety import CHECKS as SAFETY_CHECKS
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS, SafetyError, protected
 
 HOST_ALIASES = ("host", "default")
 GROUP_POLICIES = ("fail", "stub", "vfio", "ignore")
@@ -159,38 +162,11 @@ def _ids_match(dev, spec: str) -> bool:
 
 
 def run_query(query: str, facts: dict) -> list:
-    """Addresses from a JMESPath query over the iommu_facts dict (a list of addresses or of device dicts)."""
+    """Addresses from a JMESPath query over the iommu_facts dict (``_pci.query_addresses``)."""
     try:
-        import jmespath
-    except ImportError as exc:
-        raise BindError(
-            "query needs the Python library jmespath on the managed host (pip install jmespath, or the "
-            "python3-jmespath package)"
-        ) from exc
-    try:
-        result = jmespath.search(query, facts)
-    except jmespath.exceptions.JMESPathError as exc:
-        raise BindError(f"query {v.shown(query)} is not valid JMESPath: {exc}") from exc
-    except RecursionError:
-        raise BindError(f"query {v.shown(query)} nests too deeply to evaluate; write a flatter expression") from None
-    if result is None:
-        return []
-    if isinstance(result, (str, dict)):
-        result = [result]
-    if not isinstance(result, list):
-        raise BindError(f"query {query!r} must return a list of addresses or of device dicts; it returned {result!r}")
-    out = []
-    for item in result:
-        value = item.get("address") if isinstance(item, dict) else item
-        if not isinstance(value, str):
-            raise BindError(
-                f"query {query!r} must return addresses or device dicts with an 'address'; it returned {item!r}"
-            )
-        try:
-            out.append(normalize_address(value))
-        except ValueError as exc:
-            raise BindError(f"query {query!r} returned {value!r}, which is not a PCI address") from exc
-    return out
+        return query_addresses(facts, query)
+    except ValueError as exc:
+        raise BindError(str(exc)) from None
 
 
 def select(snapshot: Snapshot, request: Selection, facts=None) -> list:
@@ -833,3 +809,150 @@ def apply(plan: Plan, kernel, writer: FileWriter | None = None) -> list:
     for res, dp in zip(results, plan.devices, strict=True):
         res["driver_after"] = kernel.driver(dp.address)
     return results
+
+
+# --------------------------------------------------------------------------------------------------- the operation
+def host_kernel(host, sysfs_root: str = "/sys", dev_root: str = "/dev"):
+    """The real kernel interface for ``host`` (``_host.Host``); modprobe is looked up only when a module must load."""
+    from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import SysfsKernel
+
+    def run(argv):
+        return host.run([host.bin(argv[0], required=True), *list(argv[1:])])
+
+    return SysfsKernel(sysfs_root, dev_root, run_command=run)
+
+
+def host_run_optional(host):
+    """``run(argv)`` for the safety checks (``zpool status -P``): None when the tool is not installed."""
+
+    def run(argv):
+        path = host.bin(argv[0])
+        return host.run([path, *list(argv[1:])]) if path else None
+
+    return run
+
+
+def initramfs_carrying(path: str, root: str = "/") -> tuple:
+    """(installed generators, whether one of their images carries ``path``) under ``root``."""
+    from ansible_collections.hostdev.vfio.plugins.module_utils import _initramfs
+
+    rel = path if root == "/" else "/" + os.path.relpath(path, root)
+    gens = _initramfs.generators(root)
+    return gens, _initramfs.carries(root, rel, gens)
+
+
+def run_request(
+    host,
+    kernel,
+    address=None,
+    ids=None,
+    device_class=None,
+    query=None,
+    driver="vfio-pci",
+    group="fail",
+    persistent=False,
+    force=None,
+    allow_empty=False,
+    sysfs_root="/sys",
+    proc_root="/proc",
+    dev_root="/dev",
+    state_dir=DEFAULT_STATE_DIR,
+    rules_file=DEFAULT_RULES_FILE,
+    initramfs_root="/",
+    live_roots=LIVE_ROOTS,
+) -> dict:
+    """hostdev.vfio.vfio_bind on ``host`` (``_host.Host``) through ``kernel`` (:func:`host_kernel`): select, check
+    the host's safety, plan, apply unless in check mode (rolled back on failure), read the groups again. Returns
+    the module's result; raises ``_host.Failed``. Applying needs the live ``/sys``, ``/proc`` and ``/dev``
+    (``live_roots``); other roots are for check mode."""
+    force = {} if force is None else force
+    request = Request(
+        address=address,
+        ids=ids,
+        device_class=device_class,
+        query=query,
+        driver=driver,
+        group=group,
+        persistent=persistent,
+        force=force,
+        allow_empty=allow_empty,
+    )
+    errors = validate(request) + validate_paths(rules_file, state_dir)
+    if errors:
+        raise Failed("; ".join(errors))
+    if isinstance(force, list) and force:
+        host.deprecate(
+            "force as a list of addresses overrides every safety check of those devices; give a dict of address to "
+            "the checks to override instead, for example {'0000:03:00.0': ['console']}",
+            version="1.0.0",
+        )
+    roots = (sysfs_root, proc_root, dev_root)
+    live = tuple(os.path.normpath(r) for r in roots) == tuple(live_roots)
+    if not host.check_mode and not live:
+        raise Failed(
+            "sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
+            "(applying would write into a copy); run with check_mode: true"
+        )
+    result = {
+        "changed": False,
+        "devices": [],
+        "groups": [],
+        "modules_loaded": [],
+        "initramfs_update_needed": False,
+        "rules_file": {"path": rules_file, "changed": False, "exists": os.path.exists(rules_file)},
+    }
+    try:
+        snapshot = read_snapshot(sysfs_root)
+
+        def facts():
+            from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
+
+            return gather(sysfs_root, proc_root, dev_root, names=False)
+
+        selected = select(snapshot, request, facts)
+        if not selected:
+            if request.allow_empty:
+                return dict(msg="no device matched the selectors", **result)
+            raise Failed("no device matched address, ids, device_class or query; nothing changed", **result)
+        safety = protected(
+            snapshot,
+            sysfs_root,
+            proc_root,
+            dev_root,
+            ssh_connection=os.environ.get("SSH_CONNECTION"),
+            run=host_run_optional(host) if live else None,
+        )
+        plan = build_plan(snapshot, request, selected, kernel, safety, rules_path=rules_file, state_dir=state_dir)
+    except BindError as exc:
+        result.update(devices=exc.devices, groups=exc.groups)
+        raise Failed(exc.msg, **result) from None
+    except SafetyError as exc:
+        raise Failed(f"nothing changed: the safety checks cannot run: {exc}", **result) from None
+    for warning in plan.warnings:
+        host.warn(warning)
+    generators, carried = initramfs_carrying(plan.rules_path, initramfs_root) if plan.rules_changed else ([], False)
+    if generators and not carried:
+        host.warn(
+            f"{plan.rules_path} changed but the initramfs ({', '.join(generators)}) does not carry it: name it in "
+            "hostdev.vfio.initramfs files so the rule also acts before the root file system is mounted"
+        )
+    result.update(
+        changed=plan.changed,
+        devices=[d.result() for d in plan.devices],
+        groups=group_results(snapshot, plan.groups),
+        modules_loaded=[m for m, _d in plan.modules],
+        initramfs_update_needed=carried,
+        rules_file={"path": plan.rules_path, "changed": plan.rules_changed, "exists": bool(plan.rules_after)},
+    )
+    if host.diff and plan.changed:
+        result["diff"] = diff(plan)
+    if host.check_mode or not plan.changed:
+        return result
+    try:
+        result["devices"] = apply(plan, kernel, FileWriter(host.atomic_move))
+    except BindError as exc:
+        result.update(devices=exc.devices, rollback=exc.rollback, changed=True)
+        raise Failed(exc.msg, **result) from None
+    after = read_snapshot(sysfs_root)
+    result["groups"] = group_results(after, plan.groups, current=True)
+    return result

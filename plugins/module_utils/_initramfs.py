@@ -14,7 +14,14 @@ import os
 import re
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_bytes, read_config, rooted
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import (
+    FileProblem,
+    read_bytes,
+    read_config,
+    rooted,
+    write_atomic,
+)
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import Failed
 
 MARKER = "# Managed by hostdev.vfio.initramfs: do not edit by hand."
 BACKENDS = ("initramfs-tools", "dracut", "mkinitcpio")
@@ -573,3 +580,133 @@ def detect_backend(root: str, which) -> str:
     if which("mkinitcpio"):
         return "mkinitcpio"
     return ""
+
+
+# --------------------------------------------------------------------------------------------------- the operation
+TOOLS = {
+    "initramfs-tools": ("update-initramfs", "lsinitramfs"),
+    "dracut": ("dracut", "lsinitrd"),
+    "mkinitcpio": ("mkinitcpio", "lsinitcpio"),
+}
+
+
+def run_request(
+    host,
+    modules,
+    state="present",
+    regenerate="auto",
+    files_changed=False,
+    kernel_versions=None,
+    files=(),
+    verify_files=(),
+    backend="auto",
+    name="hostdev-vfio",
+    root="/",
+) -> dict:
+    """hostdev.vfio.initramfs on ``host`` (``_host.Host``): the modules (and ``files``) in or out of the images'
+    configuration, the images regenerated as ``regenerate`` says, then listed with the generator's own lister.
+    Returns the module's result; raises ``_host.Failed``."""
+    # Every value is checked before any file is read and before any command runs.
+    try:
+        validate_request(modules, kernel_versions)
+        _validate.file_name("name", name)
+        _validate.path_text("root", root)
+        for index, f in enumerate(verify_files):
+            _validate.path_text(f"verify_files[{index}]", f)
+        validate_files(files)
+    except (InitramfsError, _validate.InvalidValue) as e:
+        raise Failed(str(e)) from None
+    if backend == "auto":
+        backend = detect_backend(root, host.bin)
+        if not backend:
+            raise Failed(
+                "no initramfs generator found: looked for update-initramfs with /etc/initramfs-tools, dracut "
+                "with /etc/dracut.conf.d, and mkinitcpio; set backend explicitly"
+            )
+    gen, lister = TOOLS[backend]
+    tools = {gen: host.bin(gen, required=True), lister: host.bin(lister, required=True)}
+    present = state == "present"
+
+    def run(argv):
+        return host.run(argv)
+
+    try:
+        plan = plan_initramfs(
+            root,
+            backend,
+            modules,
+            present,
+            regenerate,
+            kernel_versions,
+            verify_files,
+            files_changed,
+            name,
+            run,
+            tools,
+            files,
+        )
+    except InitramfsError as e:
+        raise Failed(str(e), backend=backend) from None
+
+    def result(**extra):
+        return dict(
+            changed=plan.changed,
+            backend=backend,
+            config_file=plan.config_path,
+            kernel_versions=plan.kernels,
+            modules_by_kernel=plan.modules_by_kernel,
+            regenerated=plan.regenerate,
+            reasons=plan.reasons,
+            commands=plan.commands,
+            images=plan.images,
+            diff=dict(
+                before_header=plan.config_path,
+                after_header=plan.config_path,
+                before=plan.config_before or "",
+                after=plan.config_after or "",
+            ),
+            **extra,
+        )
+
+    for w in plan.warnings:
+        host.warn(w)
+    if host.check_mode:
+        return result()
+
+    if plan.config_changed:
+        if plan.config_after is None:
+            try:
+                os.unlink(plan.config_path)
+            except OSError as e:
+                raise Failed(f"cannot remove {plan.config_path}: {e.strerror or e}", **result()) from None
+        else:
+            _write(host, plan.config_path, plan.config_after)
+    for argv in plan.commands:
+        rc, out, err = host.run(argv)
+        if rc != 0:
+            raise Failed(f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result())
+    try:
+        problems = verify(plan, root, present, run, tools)
+    except InitramfsError as e:
+        raise Failed(str(e), **result()) from None
+    if problems and regenerate == "never":
+        for problem in problems:
+            host.warn(problem + " (regenerate=never)")
+        problems = []
+    if problems:
+        hint = "" if plan.commands else " (nothing was regenerated: run with regenerate=always)"
+        if backend == "initramfs-tools" and any(f in problem for problem in problems for f in files):
+            hint += (
+                "; initramfs-tools copies only /etc/modprobe.d and /etc/udev/rules.d by its own hooks: copy other "
+                "files with a hook in /etc/initramfs-tools/hooks"
+            )
+        raise Failed("; ".join(problems) + hint, **result())
+    return result()
+
+
+def _write(host, path, text):
+    """Write ``text`` to ``path`` atomically (keeping the file's mode); a failure names the path."""
+    try:
+        write_atomic(path, text, host.atomic_move)
+    except FileProblem as exc:
+        raise Failed(str(exc)) from None

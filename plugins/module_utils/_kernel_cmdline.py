@@ -15,8 +15,15 @@ import os
 import re
 import shlex
 
-from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_bytes, read_config, rooted
+from ansible_collections.hostdev.vfio.plugins.module_utils import _record, _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils._files import (
+    FileProblem,
+    read_bytes,
+    read_config,
+    rooted,
+    write_atomic,
+)
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import Failed
 from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import InitramfsError, installed_kernels
 
 MARKER = "# Managed by hostdev.vfio.kernel_cmdline: do not edit by hand."
@@ -1087,3 +1094,203 @@ def detect_backend(root: str, which, run) -> tuple[str, list[str]]:
 
 def shell_join(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# --------------------------------------------------------------------------------------------------- the operation
+def run_request(
+    host,
+    args_in=(),
+    remove_in=(),
+    backend="auto",
+    allow_unknown_values=False,
+    name="hostdev-vfio",
+    root="/",
+    proc_root="/proc",
+    want_record=False,
+    want_undo=False,
+    state_dir=_record.DEFAULT_STATE_DIR,
+) -> dict:
+    """hostdev.vfio.kernel_cmdline on ``host`` (``_host.Host``): the wanted arguments (``args_in``) and unwanted ones
+    (``remove_in``), or the undo of the record (``want_undo``), planned, applied unless in check mode, verified in
+    the boot configuration. Returns the module's result; raises ``_host.Failed``. ``want_record`` writes what the
+    command line had before each change into the undo record, ahead of the change."""
+    # Every value is checked before any file is read and before any command (detection included) runs.
+    try:
+        args = parse_request(args_in, "args")
+        remove = parse_request(remove_in, "remove")
+        _validate.file_name("name", name)
+        _validate.path_text("root", root)
+        _validate.path_text("proc_root", proc_root)
+        record_file = _record.record_path(root, state_dir)
+    except (CmdlineError, _validate.InvalidValue) as e:
+        raise Failed(str(e)) from None
+
+    record = undo = None
+    if want_record or want_undo:
+        try:
+            record = _record.load(record_file)
+        except _record.RecordError as e:
+            raise Failed(str(e)) from None
+    if want_undo:
+        undo = _record.kernel_args_of(record, name)
+        if undo is None:
+            return dict(
+                changed=False,
+                record_found=False,
+                record_file=record_file,
+                reboot_required=False,
+                missing=[],
+                unwanted=[],
+                files=[],
+                commands=[],
+                notes=[f"no undo record for {name!r} in {record_file}"],
+            )
+        args, remove = undo_request(undo)
+        try:
+            # recorded values go back onto the command line: the same check as the user's own arguments
+            args = parse_request([render_cmdline([a]) for a in args], "args (from the undo record)")
+            remove = parse_request([render_cmdline([a]) for a in remove], "remove (from the undo record)")
+        except CmdlineError as e:
+            raise Failed(f"{record_file}: {e}") from None
+    both = conflicts(args, remove)
+    if both:
+        raise Failed(f"these parameters are both in args and in remove: {', '.join(both)}")
+    if not allow_unknown_values:
+        problems = check_values(args)
+        if problems:
+            raise Failed(
+                "; ".join(problems) + ". Set allow_unknown_values=true to write such values anyway.",
+                problems=problems,
+            )
+
+    if backend == "auto":
+        backend, tried = detect_backend(root, host.bin, host.run)
+        if not backend:
+            raise Failed(
+                "cannot tell how this host boots; set backend explicitly. Checked: " + "; ".join(tried),
+                tried=tried,
+            )
+
+    try:
+        plan = _plan(host, backend, args, remove, root, proc_root, name)
+        running = parse_cmdline(read_lenient(os.path.join(proc_root, "cmdline")) or "")
+    except CmdlineError as e:
+        raise Failed(str(e), backend=backend) from None
+
+    # The running kernel acted on the last occurrence of a last-wins parameter: x=off ... x=on is x=on.
+    effective = kernel_reading(running)
+    missing, unwanted = missing_and_present(effective, args, remove)
+    new_entries = undo_entries(plan.cmdline_before, args, remove) if want_record else []
+    record_changed = False
+    if want_record:
+        record_changed = _record.add_kernel_args(record, name, new_entries)
+    elif undo is not None:
+        _record.drop_kernel_args(record, name)
+        record_changed = True
+    diff = [
+        {
+            "before_header": "kernel command line (next boot)",
+            "after_header": "kernel command line (next boot)",
+            "before": render_cmdline(plan.cmdline_before) + "\n",
+            "after": render_cmdline(plan.cmdline_after) + "\n",
+        }
+    ] + [file_diff(path, before, after) for path, before, after in plan.files]
+    result = dict(
+        changed=plan.changed or record_changed,
+        backend=plan.backend,
+        cmdline_before=render_cmdline(plan.cmdline_before),
+        cmdline_after=render_cmdline(plan.cmdline_after),
+        running_cmdline=render_cmdline(running),
+        reboot_required=not satisfied(effective, args, remove),
+        missing=missing,
+        unwanted=unwanted,
+        files=[f[0] for f in plan.files],
+        commands=plan.commands,
+        entries=plan.entries,
+        notes=plan.notes,
+        diff=diff,
+    )
+    if want_record or want_undo:
+        entries = undo if want_undo else record["kernel_cmdline"].get(name, [])
+        result.update(record_file=record_file, record=entries)
+        if want_undo:
+            result.update(record_found=True, reverted=undo)
+    if host.check_mode:
+        return result
+    if want_record and record_changed:
+        _save_record(host, record_file, record, result)  # write-ahead: the record before the change
+    if not plan.changed:
+        if want_undo:
+            _save_record(host, record_file, record, result)
+        return result
+
+    for path, _before, after in plan.files:
+        if after is None:
+            _remove(host, path)
+        else:
+            _write(host, path, after)
+    for argv in plan.commands:
+        rc, out, err = host.run(argv)
+        if rc != 0:
+            raise Failed(f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result)
+    try:
+        configured = plan.verify()
+    except CmdlineError as e:
+        raise Failed(str(e), **result) from None
+    bad = [render_cmdline(c) for c in configured if not satisfied(c, args, remove)]
+    if bad:
+        raise Failed(
+            "after the change the boot configuration still does not have the wanted arguments: "
+            + " | ".join(bad)
+            + ". Another configuration file may override them (for GRUB, look in /etc/default/grub.d/).",
+            **result,
+        )
+    if want_undo:
+        _save_record(host, record_file, record, result)  # only once the command line is given back
+    return result
+
+
+def _write(host, path, text):
+    """Write ``text`` to ``path`` atomically (mode 0644); a failure names the path."""
+    try:
+        write_atomic(path, text, host.atomic_move, mode=0o644)
+    except FileProblem as exc:
+        raise Failed(str(exc)) from None
+
+
+def _save_record(host, path, record, result):
+    try:
+        _record.save(path, record, host.atomic_move)
+    except _record.RecordError as exc:
+        raise Failed(str(exc), **result) from None
+
+
+def _remove(host, path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        raise Failed(f"cannot remove {path}: {exc.strerror or exc}") from None
+
+
+def _plan(host, backend, args, remove, root, proc_root, name):
+    def tool(binary):
+        return host.bin(binary, required=True)
+
+    if backend == "grub":
+        layout = GRUB_LAYOUTS[grub_family(root, host.bin) or "debian"]
+        regen = [tool(layout["regen"][0]), *layout["regen"][1:]]
+        return plan_grub(
+            root, args, remove, name, grub_cfg=layout["grub_cfg"], regen=regen, dropin_dir=layout["dropin_dir"]
+        )
+    if backend == "grubby":
+        return plan_grubby(host.run, args, remove, grubby=tool("grubby"))
+    if backend == "systemd-boot":
+        return plan_systemd_boot(root, proc_root, args, remove, kernel_install=tool("kernel-install"))
+    if backend == "proxmox":
+        plan = plan_proxmox(host.run, root, proc_root, args, remove, name, tool=tool("proxmox-boot-tool"))
+        if plan.backend == "grub":
+            plan.commands = [[tool("update-grub")] if c == ["update-grub"] else c for c in plan.commands]
+        return plan
+    if backend == "rpm-ostree":
+        return plan_rpm_ostree(host.run, args, remove, tool=tool("rpm-ostree"))
+    return plan_bootc(root, args, remove, name)

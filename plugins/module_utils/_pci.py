@@ -17,6 +17,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.hostdev.vfio.plugins.module_utils import _validate as v
+
 ADDRESS_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$"
 )
@@ -77,6 +79,48 @@ def normalize_address(text: str) -> str:
         raise ValueError(f"{text!r} is not a PCI address (expected DDDD:BB:DD.F or BB:DD.F, e.g. 0000:01:00.0)")
     domain = int(m.group("domain") or "0", 16)
     return f"{domain:04x}:{m.group('bus').lower()}:{m.group('slot').lower()}.{m.group('fn')}"
+
+
+def query_addresses(facts: dict, query: str) -> list[str]:
+    """Addresses from a JMESPath ``query`` over an iommu_facts dict: the query returns addresses, device dicts
+    (with an ``address``), one of those, or null. The one reading of a ``query`` selector, for the modules and the
+    role's rules alike; raises ``ValueError`` with the reason."""
+    try:
+        import jmespath
+    except ImportError as exc:
+        raise ValueError(
+            "the 'query' selector needs the Python library jmespath where the selection is made (the "
+            "python3-jmespath package, or pip install jmespath)"
+        ) from exc
+    shown = v.shown(query)
+    try:
+        result = jmespath.search(query, facts)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ValueError(f"query {shown} is not valid JMESPath: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"query {shown} nests too deeply to evaluate; write a flatter expression") from None
+    if result is None:
+        return []
+    if isinstance(result, (str, dict)):
+        result = [result]
+    if not isinstance(result, list):
+        raise ValueError(
+            f"query {shown} must return a list of devices (objects with an address) or of addresses; "
+            f"it returned {result!r}"
+        )
+    out = []
+    for item in result:
+        value = item.get("address") if isinstance(item, dict) else item
+        if not isinstance(value, str):
+            raise ValueError(
+                f"query {shown} must return a list of devices (objects with an address) or of addresses; "
+                f"it returned {item!r}"
+            )
+        try:
+            out.append(normalize_address(value))
+        except ValueError:
+            raise ValueError(f"query {shown} returned {value!r}, which is not a PCI address") from None
+    return out
 
 
 def is_vfio_driver(driver: str | None) -> bool:

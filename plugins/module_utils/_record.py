@@ -25,6 +25,7 @@ import os
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_bytes, write_atomic
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import Failed
 
 VERSION = 1
 DEFAULT_STATE_DIR = "/var/lib/hostdev-vfio"
@@ -178,3 +179,64 @@ def put_back(real_path: str, content: bytes | None, atomic_move) -> None:
         raise RecordError(str(exc)) from None
     except OSError as exc:
         raise RecordError(f"cannot remove {real_path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------- the operation
+def run_files(host, files, state="recorded", unrecorded="keep", root="/", state_dir=DEFAULT_STATE_DIR) -> dict:
+    """hostdev.vfio.undo_record on ``host`` (``_host.Host``): note each file's content before a first change
+    (``recorded``), or give each back as recorded (``restored``; ``unrecorded``: what to do with a file the record
+    does not name). Returns the module's result; raises ``_host.Failed``."""
+    try:
+        record_file = record_path(root, state_dir)
+        targets = {path: _validate.rooted_path("files", root, path) for path in files}
+        record = load(record_file)
+        current = {path: read_bytes(real, "file") for path, real in targets.items()}
+    except (_validate.InvalidValue, RecordError, FileProblem) as exc:
+        raise Failed(str(exc)) from None
+
+    result = dict(changed=False, record_file=record_file, recorded=[], restored=[], diff=[])
+    writes = []  # (real path, bytes or None)
+    if state == "recorded":
+        try:
+            for path in files:
+                if add_file(record, path, current[path]):
+                    result["recorded"].append(path)
+        except RecordError as exc:
+            raise Failed(str(exc)) from None
+    else:
+        for path in files:
+            entry = record["files"].pop(path, None)
+            if entry is None:
+                if unrecorded == "keep" or current[path] is None:
+                    continue
+                want = None
+            else:
+                try:
+                    want = decode(path, entry)
+                except RecordError as exc:
+                    raise Failed(str(exc)) from None
+                result["changed"] = True  # the record loses the entry
+            if want != current[path]:
+                writes.append((targets[path], want))
+                result["diff"].append(_diff(path, current[path], want))
+            result["restored"].append({"path": path, "content": "absent" if want is None else f"{len(want)} bytes"})
+    result["changed"] = bool(result["changed"] or result["recorded"] or writes)
+    if host.check_mode or not result["changed"]:
+        return result
+    try:
+        if state == "recorded":
+            save(record_file, record, host.atomic_move)
+        else:
+            for real, want in writes:
+                put_back(real, want, host.atomic_move)
+            save(record_file, record, host.atomic_move)  # entries go only once their files are back
+    except RecordError as exc:
+        raise Failed(str(exc), **result) from None
+    return result
+
+
+def _diff(path, before, after):
+    def text(data):
+        return "" if data is None else data.decode("utf-8", "replace")
+
+    return {"before_header": path, "after_header": path, "before": text(before), "after": text(after)}

@@ -201,33 +201,10 @@ images:
            "missing_modules": [], "missing_files": []}}
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, write_atomic
-from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import (
-    InitramfsError,
-    detect_backend,
-    plan_initramfs,
-    validate_files,
-    validate_request,
-    verify,
-)
-
-_TOOLS = {
-    "initramfs-tools": ("update-initramfs", "lsinitramfs"),
-    "dracut": ("dracut", "lsinitrd"),
-    "mkinitcpio": ("mkinitcpio", "lsinitcpio"),
-}
-
-
-def _write(module, path, text):
-    """Write ``text`` to ``path`` atomically (keeping the file's mode); any failure is a fail_json naming the path."""
-    try:
-        write_atomic(path, text, module.atomic_move)
-    except FileProblem as exc:
-        module.fail_json(msg=str(exc))
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import run_module
+from ansible_collections.hostdev.vfio.plugins.module_utils._initramfs import run_request
 
 
 def main():
@@ -247,103 +224,20 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    # Every value is checked before any file is read and before any command runs.
-    try:
-        validate_request(p["modules"], p["kernel_versions"])
-        _validate.file_name("name", p["name"])
-        _validate.path_text("root", p["root"])
-        for index, f in enumerate(p["verify_files"]):
-            _validate.path_text(f"verify_files[{index}]", f)
-        validate_files(p["files"])
-    except (InitramfsError, _validate.InvalidValue) as e:
-        module.fail_json(msg=str(e))
-    backend = p["backend"]
-    if backend == "auto":
-        backend = detect_backend(p["root"], module.get_bin_path)
-        if not backend:
-            module.fail_json(
-                msg="no initramfs generator found: looked for update-initramfs with /etc/initramfs-tools, dracut "
-                "with /etc/dracut.conf.d, and mkinitcpio; set backend explicitly"
-            )
-    gen, lister = _TOOLS[backend]
-    tools = {gen: module.get_bin_path(gen, required=True), lister: module.get_bin_path(lister, required=True)}
-    present = p["state"] == "present"
-
-    def run(argv):
-        return module.run_command(argv)
-
-    try:
-        plan = plan_initramfs(
-            p["root"],
-            backend,
-            p["modules"],
-            present,
-            p["regenerate"],
-            p["kernel_versions"],
-            p["verify_files"],
-            p["files_changed"],
-            p["name"],
-            run,
-            tools,
-            p["files"],
-        )
-    except InitramfsError as e:
-        module.fail_json(msg=str(e), backend=backend)
-
-    def result(**extra):
-        return dict(
-            changed=plan.changed,
-            backend=backend,
-            config_file=plan.config_path,
-            kernel_versions=plan.kernels,
-            modules_by_kernel=plan.modules_by_kernel,
-            regenerated=plan.regenerate,
-            reasons=plan.reasons,
-            commands=plan.commands,
-            images=plan.images,
-            diff=dict(
-                before_header=plan.config_path,
-                after_header=plan.config_path,
-                before=plan.config_before or "",
-                after=plan.config_after or "",
-            ),
-            **extra,
-        )
-
-    for w in plan.warnings:
-        module.warn(w)
-    if module.check_mode:
-        module.exit_json(**result())
-
-    if plan.config_changed:
-        if plan.config_after is None:
-            try:
-                os.unlink(plan.config_path)
-            except OSError as e:
-                module.fail_json(msg=f"cannot remove {plan.config_path}: {e.strerror or e}", **result())
-        else:
-            _write(module, plan.config_path, plan.config_after)
-    for argv in plan.commands:
-        rc, out, err = module.run_command(argv)
-        if rc != 0:
-            module.fail_json(msg=f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result())
-    try:
-        problems = verify(plan, p["root"], present, run, tools)
-    except InitramfsError as e:
-        module.fail_json(msg=str(e), **result())
-    if problems and p["regenerate"] == "never":
-        for problem in problems:
-            module.warn(problem + " (regenerate=never)")
-        problems = []
-    if problems:
-        hint = "" if plan.commands else " (nothing was regenerated: run with regenerate=always)"
-        if backend == "initramfs-tools" and any(f in problem for problem in problems for f in p["files"]):
-            hint += (
-                "; initramfs-tools copies only /etc/modprobe.d and /etc/udev/rules.d by its own hooks: copy other "
-                "files with a hook in /etc/initramfs-tools/hooks"
-            )
-        module.fail_json(msg="; ".join(problems) + hint, **result())
-    module.exit_json(**result())
+    run_module(
+        module,
+        run_request,
+        modules=p["modules"],
+        state=p["state"],
+        regenerate=p["regenerate"],
+        files_changed=p["files_changed"],
+        kernel_versions=p["kernel_versions"],
+        files=p["files"],
+        verify_files=p["verify_files"],
+        backend=p["backend"],
+        name=p["name"],
+        root=p["root"],
+    )
 
 
 if __name__ == "__main__":

@@ -279,87 +279,11 @@ reverted:
   sample: [{"arg": "intel_iommu=on", "had": []}]
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostdev.vfio.plugins.module_utils import _record, _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, write_atomic
-from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import (
-    GRUB_LAYOUTS,
-    CmdlineError,
-    check_values,
-    conflicts,
-    detect_backend,
-    file_diff,
-    grub_family,
-    kernel_reading,
-    missing_and_present,
-    parse_cmdline,
-    parse_request,
-    plan_bootc,
-    plan_grub,
-    plan_grubby,
-    plan_proxmox,
-    plan_rpm_ostree,
-    plan_systemd_boot,
-    read_lenient,
-    render_cmdline,
-    satisfied,
-    undo_entries,
-    undo_request,
-)
-
-
-def _write(module, path, text):
-    """Write ``text`` to ``path`` atomically (mode 0644); any failure is a fail_json naming the path."""
-    try:
-        write_atomic(path, text, module.atomic_move, mode=0o644)
-    except FileProblem as exc:
-        module.fail_json(msg=str(exc))
-
-
-def _save_record(module, path, record, result):
-    try:
-        _record.save(path, record, module.atomic_move)
-    except _record.RecordError as exc:
-        module.fail_json(msg=str(exc), **result)
-
-
-def _remove(module, path):
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        module.fail_json(msg=f"cannot remove {path}: {exc.strerror or exc}")
-
-
-def _plan(module, backend, args, remove):
-    p = module.params
-    root, proc_root, name = p["root"], p["proc_root"], p["name"]
-
-    def run(argv):
-        return module.run_command(argv)
-
-    def tool(binary):
-        return module.get_bin_path(binary, required=True)
-
-    if backend == "grub":
-        layout = GRUB_LAYOUTS[grub_family(root, module.get_bin_path) or "debian"]
-        regen = [tool(layout["regen"][0]), *layout["regen"][1:]]
-        return plan_grub(
-            root, args, remove, name, grub_cfg=layout["grub_cfg"], regen=regen, dropin_dir=layout["dropin_dir"]
-        )
-    if backend == "grubby":
-        return plan_grubby(run, args, remove, grubby=tool("grubby"))
-    if backend == "systemd-boot":
-        return plan_systemd_boot(root, proc_root, args, remove, kernel_install=tool("kernel-install"))
-    if backend == "proxmox":
-        plan = plan_proxmox(run, root, proc_root, args, remove, name, tool=tool("proxmox-boot-tool"))
-        if plan.backend == "grub":
-            plan.commands = [[tool("update-grub")] if c == ["update-grub"] else c for c in plan.commands]
-        return plan
-    if backend == "rpm-ostree":
-        return plan_rpm_ostree(run, args, remove, tool=tool("rpm-ostree"))
-    return plan_bootc(root, args, remove, name)
+from ansible_collections.hostdev.vfio.plugins.module_utils import _record
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import run_module
+from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_cmdline import run_request
 
 
 def main():
@@ -384,141 +308,20 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    # Every value is checked before any file is read and before any command (detection included) runs.
-    try:
-        args = parse_request(p["args"], "args")
-        remove = parse_request(p["remove"], "remove")
-        _validate.file_name("name", p["name"])
-        _validate.path_text("root", p["root"])
-        _validate.path_text("proc_root", p["proc_root"])
-        record_file = _record.record_path(p["root"], p["state_dir"])
-    except (CmdlineError, _validate.InvalidValue) as e:
-        module.fail_json(msg=str(e))
-
-    record = undo = None
-    if p["record"] or p["undo"]:
-        try:
-            record = _record.load(record_file)
-        except _record.RecordError as e:
-            module.fail_json(msg=str(e))
-    if p["undo"]:
-        undo = _record.kernel_args_of(record, p["name"])
-        if undo is None:
-            module.exit_json(
-                changed=False,
-                record_found=False,
-                record_file=record_file,
-                reboot_required=False,
-                missing=[],
-                unwanted=[],
-                files=[],
-                commands=[],
-                notes=[f"no undo record for {p['name']!r} in {record_file}"],
-            )
-        args, remove = undo_request(undo)
-        try:
-            # recorded values go back onto the command line: the same check as the user's own arguments
-            args = parse_request([render_cmdline([a]) for a in args], "args (from the undo record)")
-            remove = parse_request([render_cmdline([a]) for a in remove], "remove (from the undo record)")
-        except CmdlineError as e:
-            module.fail_json(msg=f"{record_file}: {e}")
-    both = conflicts(args, remove)
-    if both:
-        module.fail_json(msg=f"these parameters are both in args and in remove: {', '.join(both)}")
-    if not p["allow_unknown_values"]:
-        problems = check_values(args)
-        if problems:
-            module.fail_json(
-                msg="; ".join(problems) + ". Set allow_unknown_values=true to write such values anyway.",
-                problems=problems,
-            )
-
-    backend = p["backend"]
-    if backend == "auto":
-        backend, tried = detect_backend(p["root"], module.get_bin_path, module.run_command)
-        if not backend:
-            module.fail_json(
-                msg="cannot tell how this host boots; set backend explicitly. Checked: " + "; ".join(tried),
-                tried=tried,
-            )
-
-    try:
-        plan = _plan(module, backend, args, remove)
-        running = parse_cmdline(read_lenient(os.path.join(p["proc_root"], "cmdline")) or "")
-    except CmdlineError as e:
-        module.fail_json(msg=str(e), backend=backend)
-
-    # The running kernel acted on the last occurrence of a last-wins parameter: x=off ... x=on is x=on.
-    effective = kernel_reading(running)
-    missing, unwanted = missing_and_present(effective, args, remove)
-    new_entries = undo_entries(plan.cmdline_before, args, remove) if p["record"] else []
-    record_changed = False
-    if p["record"]:
-        record_changed = _record.add_kernel_args(record, p["name"], new_entries)
-    elif undo is not None:
-        _record.drop_kernel_args(record, p["name"])
-        record_changed = True
-    diff = [
-        {
-            "before_header": "kernel command line (next boot)",
-            "after_header": "kernel command line (next boot)",
-            "before": render_cmdline(plan.cmdline_before) + "\n",
-            "after": render_cmdline(plan.cmdline_after) + "\n",
-        }
-    ] + [file_diff(path, before, after) for path, before, after in plan.files]
-    result = dict(
-        changed=plan.changed or record_changed,
-        backend=plan.backend,
-        cmdline_before=render_cmdline(plan.cmdline_before),
-        cmdline_after=render_cmdline(plan.cmdline_after),
-        running_cmdline=render_cmdline(running),
-        reboot_required=not satisfied(effective, args, remove),
-        missing=missing,
-        unwanted=unwanted,
-        files=[f[0] for f in plan.files],
-        commands=plan.commands,
-        entries=plan.entries,
-        notes=plan.notes,
-        diff=diff,
+    run_module(
+        module,
+        run_request,
+        args_in=p["args"],
+        remove_in=p["remove"],
+        backend=p["backend"],
+        allow_unknown_values=p["allow_unknown_values"],
+        name=p["name"],
+        root=p["root"],
+        proc_root=p["proc_root"],
+        want_record=p["record"],
+        want_undo=p["undo"],
+        state_dir=p["state_dir"],
     )
-    if p["record"] or p["undo"]:
-        entries = undo if p["undo"] else record["kernel_cmdline"].get(p["name"], [])
-        result.update(record_file=record_file, record=entries)
-        if p["undo"]:
-            result.update(record_found=True, reverted=undo)
-    if module.check_mode:
-        module.exit_json(**result)
-    if p["record"] and record_changed:
-        _save_record(module, record_file, record, result)  # write-ahead: the record before the change
-    if not plan.changed:
-        if p["undo"]:
-            _save_record(module, record_file, record, result)
-        module.exit_json(**result)
-
-    for path, _before, after in plan.files:
-        if after is None:
-            _remove(module, path)
-        else:
-            _write(module, path, after)
-    for argv in plan.commands:
-        rc, out, err = module.run_command(argv)
-        if rc != 0:
-            module.fail_json(msg=f"{' '.join(argv)} failed with rc={rc}: {(err or out).strip()}", **result)
-    try:
-        configured = plan.verify()
-    except CmdlineError as e:
-        module.fail_json(msg=str(e), **result)
-    bad = [render_cmdline(c) for c in configured if not satisfied(c, args, remove)]
-    if bad:
-        module.fail_json(
-            msg="after the change the boot configuration still does not have the wanted arguments: "
-            + " | ".join(bad)
-            + ". Another configuration file may override them (for GRUB, look in /etc/default/grub.d/).",
-            **result,
-        )
-    if p["undo"]:
-        _save_record(module, record_file, record, result)  # only once the command line is given back
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

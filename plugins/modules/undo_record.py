@@ -101,8 +101,8 @@ restored:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostdev.vfio.plugins.module_utils import _record, _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._files import FileProblem, read_bytes
+from ansible_collections.hostdev.vfio.plugins.module_utils import _record
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import run_module
 
 
 def main():
@@ -117,60 +117,15 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        record_file = _record.record_path(p["root"], p["state_dir"])
-        targets = {path: _validate.rooted_path("files", p["root"], path) for path in p["files"]}
-        record = _record.load(record_file)
-        current = {path: read_bytes(real, "file") for path, real in targets.items()}
-    except (_validate.InvalidValue, _record.RecordError, FileProblem) as exc:
-        module.fail_json(msg=str(exc))
-
-    result = dict(changed=False, record_file=record_file, recorded=[], restored=[], diff=[])
-    writes = []  # (real path, bytes or None)
-    if p["state"] == "recorded":
-        try:
-            for path in p["files"]:
-                if _record.add_file(record, path, current[path]):
-                    result["recorded"].append(path)
-        except _record.RecordError as exc:
-            module.fail_json(msg=str(exc))
-    else:
-        for path in p["files"]:
-            entry = record["files"].pop(path, None)
-            if entry is None:
-                if p["unrecorded"] == "keep" or current[path] is None:
-                    continue
-                want = None
-            else:
-                try:
-                    want = _record.decode(path, entry)
-                except _record.RecordError as exc:
-                    module.fail_json(msg=str(exc))
-                result["changed"] = True  # the record loses the entry
-            if want != current[path]:
-                writes.append((targets[path], want))
-                result["diff"].append(_diff(path, current[path], want))
-            result["restored"].append({"path": path, "content": "absent" if want is None else f"{len(want)} bytes"})
-    result["changed"] = bool(result["changed"] or result["recorded"] or writes)
-    if module.check_mode or not result["changed"]:
-        module.exit_json(**result)
-    try:
-        if p["state"] == "recorded":
-            _record.save(record_file, record, module.atomic_move)
-        else:
-            for real, want in writes:
-                _record.put_back(real, want, module.atomic_move)
-            _record.save(record_file, record, module.atomic_move)  # entries go only once their files are back
-    except _record.RecordError as exc:
-        module.fail_json(msg=str(exc), **result)
-    module.exit_json(**result)
-
-
-def _diff(path, before, after):
-    def text(data):
-        return "" if data is None else data.decode("utf-8", "replace")
-
-    return {"before_header": path, "after_header": path, "before": text(before), "after": text(after)}
+    run_module(
+        module,
+        _record.run_files,
+        files=p["files"],
+        state=p["state"],
+        unrecorded=p["unrecorded"],
+        root=p["root"],
+        state_dir=p["state_dir"],
+    )
 
 
 if __name__ == "__main__":

@@ -229,44 +229,18 @@ rollback:
   sample: [{"address": "0000:01:01.0", "driver": "e1000", "driver_override": null, "restored": true}]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostdev.vfio.plugins.module_utils import _bind, _initramfs
+from ansible_collections.hostdev.vfio.plugins.module_utils import _bind
 from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
-from ansible_collections.hostdev.vfio.plugins.module_utils._kernel_ops import SysfsKernel
-from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
-from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS, SafetyError, protected
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import Host, run_module
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS
 
 INITRAMFS_ROOT = "/"  # where the initramfs generators and their configuration are looked for (tests: a fake tree)
 
 
-def initramfs_carrying(path):
-    """(installed generators, whether one of their images carries ``path``) under INITRAMFS_ROOT."""
-    root = INITRAMFS_ROOT
-    rel = path if root == "/" else "/" + os.path.relpath(path, root)
-    gens = _initramfs.generators(root)
-    return gens, _initramfs.carries(root, rel, gens)
-
-
 def make_kernel(module, sysfs_root, dev_root):
-    """The real kernel interface; modprobe is looked up only when a module must be loaded."""
-
-    def run(argv):
-        argv = [module.get_bin_path(argv[0], required=True), *list(argv[1:])]
-        return module.run_command(argv)
-
-    return SysfsKernel(sysfs_root, dev_root, run_command=run)
-
-
-def make_run(module):
-    """``run(argv)`` for the safety checks (``zpool status -P``): None when the tool is not installed."""
-
-    def run(argv):
-        path = module.get_bin_path(argv[0])
-        return module.run_command([path, *list(argv[1:])]) if path else None
-
-    return run
+    """The real kernel interface (tests put a fake kernel here)."""
+    return _bind.host_kernel(Host(module), sysfs_root, dev_root)
 
 
 def main():
@@ -285,7 +259,10 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    request = _bind.Request(
+    run_module(
+        module,
+        _bind.run_request,
+        kernel=make_kernel(module, p["sysfs_root"], p["dev_root"]),
         address=p["address"],
         ids=p["ids"],
         device_class=p["device_class"],
@@ -295,90 +272,14 @@ def main():
         persistent=p["persistent"],
         force=p["force"],
         allow_empty=p["allow_empty"],
+        sysfs_root=p["sysfs_root"],
+        proc_root=p["proc_root"],
+        dev_root=p["dev_root"],
+        state_dir=p["state_dir"],
+        rules_file=p["rules_file"],
+        initramfs_root=INITRAMFS_ROOT,
+        live_roots=LIVE_ROOTS,
     )
-    errors = _bind.validate(request) + _bind.validate_paths(p["rules_file"], p["state_dir"])
-    if errors:
-        module.fail_json(msg="; ".join(errors))
-    if isinstance(p["force"], list) and p["force"]:
-        module.deprecate(
-            "force as a list of addresses overrides every safety check of those devices; give a dict of address to "
-            "the checks to override instead, for example {'0000:03:00.0': ['console']}",
-            version="1.0.0",
-            collection_name="hostdev.vfio",
-        )
-    roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])
-    live = tuple(os.path.normpath(r) for r in roots) == LIVE_ROOTS
-    if not module.check_mode and not live:
-        module.fail_json(
-            msg="sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
-            "(applying would write into a copy); run with check_mode: true"
-        )
-    result = {
-        "changed": False,
-        "devices": [],
-        "groups": [],
-        "modules_loaded": [],
-        "initramfs_update_needed": False,
-        "rules_file": {"path": p["rules_file"], "changed": False, "exists": os.path.exists(p["rules_file"])},
-    }
-    kernel = make_kernel(module, p["sysfs_root"], p["dev_root"])
-    try:
-        snapshot = read_snapshot(p["sysfs_root"])
-
-        def facts():
-            from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
-
-            return gather(p["sysfs_root"], p["proc_root"], p["dev_root"], names=False)
-
-        selected = _bind.select(snapshot, request, facts)
-        if not selected:
-            if request.allow_empty:
-                module.exit_json(msg="no device matched the selectors", **result)
-            module.fail_json(msg="no device matched address, ids, device_class or query; nothing changed", **result)
-        safety = protected(
-            snapshot,
-            p["sysfs_root"],
-            p["proc_root"],
-            p["dev_root"],
-            ssh_connection=os.environ.get("SSH_CONNECTION"),
-            run=make_run(module) if live else None,
-        )
-        plan = _bind.build_plan(
-            snapshot, request, selected, kernel, safety, rules_path=p["rules_file"], state_dir=p["state_dir"]
-        )
-    except _bind.BindError as exc:
-        result.update(devices=exc.devices, groups=exc.groups)
-        module.fail_json(msg=exc.msg, **result)
-    except SafetyError as exc:
-        module.fail_json(msg=f"nothing changed: the safety checks cannot run: {exc}", **result)
-    for warning in plan.warnings:
-        module.warn(warning)
-    generators, carried = initramfs_carrying(plan.rules_path) if plan.rules_changed else ([], False)
-    if generators and not carried:
-        module.warn(
-            f"{plan.rules_path} changed but the initramfs ({', '.join(generators)}) does not carry it: name it in "
-            "hostdev.vfio.initramfs files so the rule also acts before the root file system is mounted"
-        )
-    result.update(
-        changed=plan.changed,
-        devices=[d.result() for d in plan.devices],
-        groups=_bind.group_results(snapshot, plan.groups),
-        modules_loaded=[m for m, _d in plan.modules],
-        initramfs_update_needed=carried,
-        rules_file={"path": plan.rules_path, "changed": plan.rules_changed, "exists": bool(plan.rules_after)},
-    )
-    if module._diff and plan.changed:
-        result["diff"] = _bind.diff(plan)
-    if module.check_mode or not plan.changed:
-        module.exit_json(**result)
-    try:
-        result["devices"] = _bind.apply(plan, kernel, _bind.FileWriter(module.atomic_move))
-    except _bind.BindError as exc:
-        result.update(devices=exc.devices, rollback=exc.rollback, changed=True)
-        module.fail_json(msg=exc.msg, **result)
-    after = read_snapshot(p["sysfs_root"])
-    result["groups"] = _bind.group_results(after, plan.groups, current=True)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import copy
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hostdev.vfio.plugins.filter.passthrough import (
-    FilterModule,
+from ansible_collections.hostdev.vfio.plugins.filter.passthrough import FilterModule, passthrough_report
+from ansible_collections.hostdev.vfio.plugins.module_utils._passthrough import (
     device_readiness,
     iommu_vendor,
     parse_address_entry,
@@ -18,7 +18,6 @@ from ansible_collections.hostdev.vfio.plugins.filter.passthrough import (
     passthrough_errors,
     passthrough_kernel_args,
     passthrough_readiness,
-    passthrough_report,
     passthrough_resolve,
     passthrough_restore_addresses,
     passthrough_verify,
@@ -166,7 +165,7 @@ def test_resolve_matches(selector, addresses):
         ({"ids": ["8086:100e"], "count": 1}, "matches 2 PCI functions (0000:01:01.0, 0000:01:02.0), expected count 1"),
         ({"ids": ["nvidia"]}, "not a vendor:device id"),
         ({"query": "devices[?"}, "not valid JMESPath"),
-        ({"query": "length(devices)"}, "must return devices"),
+        ({"query": "length(devices)"}, "must return a list of devices"),
         ({"driver": "pci-stub"}, "give at least one of address, ids, device_class or query"),
         ({"address": ["00:04.0"], "driver": "nvidia"}, "driver 'nvidia' is not one of"),
     ],

@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.hostdev.vfio.plugins.filter.passthrough import (
-    FilterModule,
+from ansible_collections.hostdev.vfio.plugins.filter.passthrough import FilterModule
+from ansible_collections.hostdev.vfio.plugins.module_utils import _bind
+from ansible_collections.hostdev.vfio.plugins.module_utils._bind import Request
+from ansible_collections.hostdev.vfio.plugins.module_utils._passthrough import (
     parse_address_entry,
     passthrough_resolve,
     passthrough_validate,
 )
-from ansible_collections.hostdev.vfio.plugins.module_utils import _bind
-from ansible_collections.hostdev.vfio.plugins.module_utils._bind import Request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
