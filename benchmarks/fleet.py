@@ -4,9 +4,11 @@
 
 Measures, from one run over the lab guests (they must be up; hold the lab lock):
   (a) hostdev.vfio.configure, idempotent (a first converge run brings the fleet to the wanted state, the second is
-      timed and must report changed=0) next to a one-task ansible.builtin.ping play over the same hosts;
+      timed and must report changed=0) next to a one-task ansible.builtin.ping play over the same hosts, and the
+      same in check mode (--check: the whole plan, nothing touched);
   (b) hostdev.vfio.report next to ansible.builtin.setup over the same hosts;
-and the module round trips per host of the idempotent converge and the report (tasks and loop items that ran a
+the reboots per host of the first converge, and the module round trips per host of the idempotent converge, the
+check-mode run and the report (tasks and loop items that ran a
 module on the host; set_fact/assert/debug run on the controller), counted by benchmarks/callback_plugins.
 
     make collection && flock /tmp/hostdev-lab.lock .venv/bin/python benchmarks/fleet.py
@@ -84,10 +86,12 @@ def main(argv=None) -> int:
     report_dir = args.report_dir or tempfile.mkdtemp(prefix="hostdev-report-")
 
     if not args.skip_first_converge:
-        first = run(configure, "converge (first run, brings the fleet to the wanted state)")
-        print(f"first converge: {first['seconds']:.1f} s, changed per host {first['recap']}")
+        first = run(configure, "converge (first run, brings the fleet to the wanted state)", roundtrips=True)
+        reboots = {h: c.get("reboots", 0) for h, c in sorted(first["counts"].items()) if h != "localhost"}
+        print(f"first converge: {first['seconds']:.1f} s, changed per host {first['recap']}, reboots {reboots}")
     idem = run(configure, "converge (idempotent)", roundtrips=True)
     changed = {h: r["changed"] for h, r in idem["recap"].items()}
+    check = run([*configure, "--check"], "converge (check mode)", roundtrips=True)
     ping = run(["ansible", *inventory, args.hosts, "-m", "ansible.builtin.ping"], "ping")
     report = run(
         ["ansible-playbook", *inventory, *limit, "hostdev.vfio.report", "-e", f"passthrough_report_dir={report_dir}"],
@@ -102,10 +106,14 @@ def main(argv=None) -> int:
         f"ratio {idem['seconds'] / ping['seconds']:.1f}x | changed per host {changed}"
     )
     print(
+        f"(a') check mode          {check['seconds']:7.1f} s | ping {ping['seconds']:6.1f} s | "
+        f"ratio {check['seconds'] / ping['seconds']:.1f}x"
+    )
+    print(
         f"(b) hostdev.vfio.report  {report['seconds']:7.1f} s | setup {setup['seconds']:5.1f} s | "
         f"ratio {report['seconds'] / setup['seconds']:.1f}x | report in {report_dir}"
     )
-    for name, result in (("converge (idempotent)", idem), ("report", report)):
+    for name, result in (("converge (idempotent)", idem), ("check mode", check), ("report", report)):
         per_host = {h: c["roundtrips"] for h, c in sorted(result["counts"].items()) if h != "localhost"}
         print(f"module round trips per host, {name}: {per_host} (ping: 1, setup: 1)")
     if any(changed.values()):

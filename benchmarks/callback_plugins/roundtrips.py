@@ -3,7 +3,8 @@
 """Count module round trips per host (tasks and loop items that ran a module on the host) for benchmarks/fleet.py.
 
 Enabled by fleet.py with ANSIBLE_CALLBACK_PLUGINS pointing here and ANSIBLE_CALLBACKS_ENABLED=roundtrips; writes
-{host: {"roundtrips": N, "tasks": M}} to $HOSTDEV_ROUNDTRIPS_FILE. Actions that run on the controller only
+{host: {"roundtrips": N, "tasks": M, "reboots": R}} to $HOSTDEV_ROUNDTRIPS_FILE (R: reboot tasks that
+rebooted). Actions that run on the controller only
 (set_fact, assert, debug, fail, meta, includes) and delegated tasks are not round trips of the host.
 """
 
@@ -48,11 +49,13 @@ class CallbackModule(CallbackBase):
 
     def __init__(self):
         super().__init__()
-        self.counts = defaultdict(lambda: {"roundtrips": 0, "tasks": 0})
+        self.counts = defaultdict(lambda: {"roundtrips": 0, "tasks": 0, "reboots": 0})
 
     def _count(self, result, item=False):
         host = result._host.get_name()
         remote = _short(result._task.action) not in LOCAL_ACTIONS and not result._task.delegate_to
+        if _short(result._task.action) == "reboot" and result._result.get("rebooted"):
+            self.counts[host]["reboots"] += 1
         if item or not result._task.loop:
             self.counts[host]["tasks"] += 0 if item else 1
             if remote:

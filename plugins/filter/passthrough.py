@@ -1,10 +1,11 @@
 # Copyright: hostdev.vfio contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of the passthrough role and the report playbook: the fleet report, its picture, and the role's rules.
+"""What runs on the controller: the check of the role's values before any host is read, and the fleet report
+(every host's facts aggregated) with its picture.
 
-The rules themselves (selection, kernel arguments, boot ids, bind plan, verification, readiness) live in
-module_utils/_passthrough.py, shared with the modules that apply them on the host; here they are exposed as filters,
-and the report aggregates every host's facts on the controller.
+Every decision about one host (selection, kernel arguments, boot ids, binds, verification) is made on that host by
+hostdev.vfio.passthrough, with the rules of module_utils/_passthrough.py; the report reads the same rules for the
+readiness of each function.
 """
 
 from __future__ import annotations
@@ -20,15 +21,8 @@ from ansible_collections.hostdev.vfio.plugins.module_utils._passthrough import (
     _devices_by_address,
     forced_checks,
     iommu_vendor,
-    passthrough_bind_plan,
-    passthrough_boot_ids,
-    passthrough_errors,
-    passthrough_kernel_args,
     passthrough_readiness,
-    passthrough_resolve,
-    passthrough_restore_addresses,
     passthrough_validate,
-    passthrough_verify,
 )
 
 
@@ -191,14 +185,6 @@ class FilterModule:
     def filters(self):
         return {
             "passthrough_validate": _wrap(passthrough_validate),
-            "passthrough_resolve": _wrap(passthrough_resolve),
-            "passthrough_errors": _wrap(passthrough_errors),
-            "passthrough_bind_plan": _wrap(passthrough_bind_plan),
-            "passthrough_kernel_args": _wrap(passthrough_kernel_args),
-            "passthrough_boot_ids": _wrap(passthrough_boot_ids),
-            "passthrough_restore_addresses": _wrap(passthrough_restore_addresses),
-            "passthrough_verify": _wrap(passthrough_verify),
-            "passthrough_readiness": _wrap(passthrough_readiness),
             "passthrough_report": _wrap(passthrough_report),
             "passthrough_pictures": _wrap(passthrough_pictures),
         }

@@ -972,6 +972,57 @@ def plan_options(
     return _finish(plan, root, generators)
 
 
+def plan_edits(path=DEFAULT_MODPROBE_PATH, root="/", options=(), softdeps=(), release=None, generators=None):
+    """One plan for several edits of one file, each the edit of ``plan_options`` / ``plan_softdep`` with state
+    present: ``options`` as ``[(module, {param: value})]`` (a module with no parameters is left out), ``softdeps``
+    as ``[(module, [pre, ...])]`` merged into the module's softdep. For a caller that owns a whole file (the
+    passthrough module's modprobe.d file), so the file is read and written once."""
+    release = check_release(release)
+    edits = []
+    for name, opts in options:
+        check_module_name(name)
+        checked = check_options(opts)
+        if checked:
+            edits.append(("options", name, checked))
+    for name, pre in softdeps:
+        check_module_name(name)
+        pre = check_module_list(pre, "pre")
+        if normalize(name) in {normalize(p) for p in pre}:
+            raise ModprobeError(f"{name!r} cannot be a soft dependency of itself")
+        refusal = builtin_softdep_refusal(root, release, name)
+        if refusal:
+            raise ModprobeError(refusal)
+        if pre:
+            edits.append(("softdep", name, pre))
+    fullpath, before = _load(root, path)
+    cmds = parse(before or "")
+    for kind, name, value in edits:
+        if kind == "options":
+            cmds = edit_options(cmds, name, value, "present")
+        else:
+            cmds = edit_softdep(cmds, name, value, [], "present")[0]
+    after = render(cmds)
+    plan = Plan(path, fullpath, before, after if (before is not None or after) else None)
+    plan.warnings += path_warnings(root, path)
+    eff = effective_config(root, override=(path, after), release=kernel_release(release))
+    plan.warnings += eff.warnings()
+    for kind, name, value in edits:
+        if kind == "softdep":
+            found = eff.softdeps(name)
+            if found and found[0][0] != path:
+                plan.warnings.append(
+                    f"kmod uses only one softdep per module: the one for {name} in {found[0][0]} (line "
+                    f"{found[0][1].lineno}) comes first and wins over {path}"
+                )
+        else:
+            values = eff.option_values(name)
+            for k, want in value:
+                got = values.get(normalize_param(k), "<unset>")
+                if got != want:
+                    plan.warnings.append(f"{name} gets {k}={got} from the effective configuration, not {want}")
+    return _finish(plan, root, generators)
+
+
 def plan_blacklist(name, state="present", path=DEFAULT_MODPROBE_PATH, root="/", release=None, generators=None):
     check_state(state)
     check_module_name(name)

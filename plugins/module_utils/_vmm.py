@@ -36,8 +36,14 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.hostdev.vfio.plugins.module_utils import _bind, _validate
-from ansible_collections.hostdev.vfio.plugins.module_utils._pci import Snapshot, assess_group, is_vfio_driver
-from ansible_collections.hostdev.vfio.plugins.module_utils._safety import check_vfio_in_use
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import Failed
+from ansible_collections.hostdev.vfio.plugins.module_utils._pci import (
+    Snapshot,
+    assess_group,
+    is_vfio_driver,
+    read_snapshot,
+)
+from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS, check_vfio_in_use
 
 ACCELS = ("auto", "kvm", "tcg")
 QEMU_NAMES = ("qemu-system-x86_64", "qemu-kvm")
@@ -630,3 +636,77 @@ def run(the_plan: Plan) -> tuple:
             exc.groups = groups
             raise
     return the_plan.functions, groups, version
+
+
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def read_os_release():
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- the operation
+def run_request(
+    host,
+    request: Request,
+    sysfs_root="/sys",
+    proc_root="/proc",
+    dev_root="/dev",
+    live_roots=None,
+    system_dirs=SYSTEM_DIRS,
+    os_release=None,
+) -> dict:
+    """hostdev.vfio.vmm_probe on ``host`` (``_host.Host``): select, refuse what must not be opened, start one paused
+    QEMU per group unless in check mode. Returns the module's result; raises ``_host.Failed``. ``os_release``: the
+    os-release text (read from the host when None), for the package a missing QEMU comes in."""
+    live_roots = LIVE_ROOTS if live_roots is None else live_roots
+    result = {"changed": False, "functions": [], "groups": []}
+    roots = (sysfs_root, proc_root, dev_root)
+    if not host.check_mode and tuple(os.path.normpath(r) for r in roots) != tuple(live_roots):
+        raise Failed(
+            "sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
+            "(QEMU would take this host's devices, not those of the copy); run with check_mode: true",
+            **result,
+        )
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), *system_dirs])
+    try:
+        snapshot = read_snapshot(sysfs_root)
+
+        def facts():
+            from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
+
+            return gather(sysfs_root, proc_root, dev_root, names=False)
+
+        the_plan = plan(
+            snapshot,
+            request,
+            proc_root,
+            dev_root,
+            search_path,
+            read_os_release() if os_release is None else os_release,
+            facts=facts,
+        )
+        qemu = {
+            "binary": the_plan.binary,
+            "version": None,
+            "accel": the_plan.accel,
+            "memory_mib": the_plan.memory_mib,
+            "memlock_limit": (memlock_limits(the_plan.memlock) or (None,))[0],
+        }
+        if host.check_mode:
+            result.update(functions=the_plan.functions, groups=[group_result(g) for g in the_plan.groups], qemu=qemu)
+            return result
+        functions, groups, qemu["version"] = run(the_plan)
+    except QemuMissing as exc:
+        return dict(changed=False, functions=exc.functions, groups=[], qemu_missing=exc.msg)
+    except VmmError as exc:
+        result.update(functions=exc.functions, groups=exc.groups)
+        raise Failed(exc.msg, **result) from None
+    result.update(functions=functions, groups=groups, qemu=qemu)
+    return result

@@ -183,25 +183,14 @@ qemu:
            "accel": "tcg", "memory_mib": 64, "memlock_limit": 1140850688}
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostdev.vfio.plugins.module_utils import _vmm
 from ansible_collections.hostdev.vfio.plugins.module_utils._argspec import host_root_options, selector_options
-from ansible_collections.hostdev.vfio.plugins.module_utils._pci import read_snapshot
+from ansible_collections.hostdev.vfio.plugins.module_utils._host import run_module
 from ansible_collections.hostdev.vfio.plugins.module_utils._safety import LIVE_ROOTS
 
-SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
-def read_os_release():
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            continue
-    return None
+SYSTEM_DIRS = _vmm.SYSTEM_DIRS
+read_os_release = _vmm.read_os_release
 
 
 def main():
@@ -231,42 +220,17 @@ def main():
         qemu_required=p["qemu_required"],
         skip_in_use=p["skip_in_use"],
     )
-    result = {"changed": False, "functions": [], "groups": []}
-    roots = (p["sysfs_root"], p["proc_root"], p["dev_root"])
-    if not module.check_mode and tuple(os.path.normpath(r) for r in roots) != LIVE_ROOTS:
-        module.fail_json(
-            msg="sysfs_root, proc_root and dev_root other than /sys, /proc and /dev are for check mode only "
-            "(QEMU would take this host's devices, not those of the copy); run with check_mode: true",
-            **result,
-        )
-    search_path = os.pathsep.join([os.environ.get("PATH", ""), *SYSTEM_DIRS])
-    try:
-        snapshot = read_snapshot(p["sysfs_root"])
-
-        def facts():
-            from ansible_collections.hostdev.vfio.plugins.module_utils._facts import gather
-
-            return gather(p["sysfs_root"], p["proc_root"], p["dev_root"], names=False)
-
-        plan = _vmm.plan(snapshot, request, p["proc_root"], p["dev_root"], search_path, read_os_release(), facts=facts)
-        qemu = {
-            "binary": plan.binary,
-            "version": None,
-            "accel": plan.accel,
-            "memory_mib": plan.memory_mib,
-            "memlock_limit": (_vmm.memlock_limits(plan.memlock) or (None,))[0],
-        }
-        if module.check_mode:
-            result.update(functions=plan.functions, groups=[_vmm.group_result(g) for g in plan.groups], qemu=qemu)
-            module.exit_json(**result)
-        functions, groups, qemu["version"] = _vmm.run(plan)
-    except _vmm.QemuMissing as exc:
-        module.exit_json(changed=False, functions=exc.functions, groups=[], qemu_missing=exc.msg)
-    except _vmm.VmmError as exc:
-        result.update(functions=exc.functions, groups=exc.groups)
-        module.fail_json(msg=exc.msg, **result)
-    result.update(functions=functions, groups=groups, qemu=qemu)
-    module.exit_json(**result)
+    run_module(
+        module,
+        _vmm.run_request,
+        request=request,
+        sysfs_root=p["sysfs_root"],
+        proc_root=p["proc_root"],
+        dev_root=p["dev_root"],
+        live_roots=LIVE_ROOTS,
+        system_dirs=SYSTEM_DIRS,
+        os_release=read_os_release(),
+    )
 
 
 if __name__ == "__main__":

@@ -203,8 +203,8 @@ def test_bind_plan_with_the_iommu_off_is_planned_for_after_the_reboot():
         ("0000:00:01.0", "bochs-drm", "pci-stub", ["console"], True),
     ]
     assert "after the reboot that turns the IOMMU on" in plan[0]["actions"][0]
-    # the filter is registered under its name
-    assert FilterModule().filters()["passthrough_bind_plan"]
+    # a rule of the host, not a filter: the controller keeps only the value check and the report
+    assert "passthrough_bind_plan" not in FilterModule().filters()
 
 
 def test_bind_plan_with_the_iommu_on_is_what_vfio_bind_planned_or_did():
@@ -477,16 +477,14 @@ def test_report_totals_and_unreachable_host():
     assert [g["vfio_file"] for g in report["hosts"][0]["groups"]] == [False, True, False, True]
 
 
-def test_filters_are_registered_and_wrap_errors():
+def test_filters_are_the_controllers_part_only_and_wrap_errors():
+    """The controller keeps the value check and the report; every rule about one host runs on that host."""
     filters = FilterModule().filters()
-    assert set(filters) >= {
-        "passthrough_resolve",
-        "passthrough_verify",
-        "passthrough_report",
-        "passthrough_kernel_args",
-    }
-    with pytest.raises(AnsibleFilterError, match="passthrough_verify"):
-        filters["passthrough_verify"]({"enabled": True, "devices": [], "groups": []}, [{"devices": [{}]}])
+    assert set(filters) == {"passthrough_validate", "passthrough_report", "passthrough_pictures"}
+    with pytest.raises(AnsibleFilterError, match="passthrough_report"):
+        filters["passthrough_report"](["a"], [lab_facts()], handoff_include="some")
+    with pytest.raises(KeyError):
+        passthrough_verify({"enabled": True, "devices": [], "groups": []}, [{"devices": [{}]}])
 
 
 def test_report_carries_qemus_answer_per_function():
