@@ -63,11 +63,12 @@ sanity: collection $(SANITY_VENV)/.stamp
 	  [ -e $$f ] || install -D -m 0644 tests/utils/get_pip_offline.py $$f; done
 	cd $(COLL) && $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --requirements --color no
 
-# Host tools the unit tests run as oracles (kmod's modprobe and depmod, gcc for a test kernel module, libvirt's
+# Host tools the unit tests run as oracles (kmod's modprobe and depmod, gcc for a test kernel module, GNU cpio and
+# the compressors that make initramfs images for the image reader, libvirt's
 # virt-xml-validate and the xmllint it runs for the hand-off's <hostdev> elements, Chromium that renders and
 # screenshots the report's picture).
 UNIT_TOOLS := modprobe:kmod depmod:kmod gcc:gcc virt-xml-validate:libvirt-clients xmllint:libxml2-utils \
-  chromium:chromium
+  chromium:chromium cpio:cpio gzip:gzip xz:xz-utils bzip2:bzip2 zstd:zstd lz4:lz4
 .PHONY: unit-tools
 unit-tools:
 	@need=""; for pair in $(UNIT_TOOLS); do \

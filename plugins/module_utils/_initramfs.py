@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Kernel modules in the initramfs: initramfs-tools, dracut and mkinitcpio backends.
 
-Pure planning (config file content, which kernels to regenerate) plus listing of images through a command
-runner ``run(argv) -> (rc, stdout, stderr)``; every path is below a root prefix so unit tests use fake trees.
+Pure planning (config file content, which kernels to regenerate) plus listing of images: read directly (``_cpio``)
+or, for formats that reader does not read, through the generator's lister run by a command runner
+``run(argv) -> (rc, stdout, stderr)``; every path is below a root prefix so unit tests use fake trees.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.hostdev.vfio.plugins.module_utils import _validate
+from ansible_collections.hostdev.vfio.plugins.module_utils import _cpio, _validate
 from ansible_collections.hostdev.vfio.plugins.module_utils._files import (
     FileProblem,
     read_bytes,
@@ -377,7 +378,17 @@ def check_image(paths: list[str], modules: list[str], builtin: set[str], files: 
     }
 
 
-def list_image(run, backend: str, image: str, tools: dict) -> list[str]:
+def list_image(run, backend: str, image: str, tools: dict) -> tuple[list[str], str]:
+    """(the paths in ``image``, what read them): the image's cpio archives read directly (``_cpio``, when
+    ``tools`` has a ``which``), else, or when that reader meets a format it does not read, the generator's lister."""
+    which = tools.get("which")
+    if which is not None:
+        try:
+            return _cpio.names(image, which), "cpio"
+        except _cpio.Unreadable:
+            pass  # the generator's own lister knows its formats
+        except OSError as exc:
+            raise InitramfsError(f"cannot read {image}: {exc.strerror or exc}") from None
     if backend == "initramfs-tools":
         argv = [tools["lsinitramfs"], image]
     elif backend == "dracut":
@@ -387,7 +398,7 @@ def list_image(run, backend: str, image: str, tools: dict) -> list[str]:
     rc, out, err = run(argv)
     if rc != 0:
         raise InitramfsError(f"listing {image} failed: {' '.join(argv)} rc={rc}: {(err or out).strip()}")
-    return parse_listing(out)
+    return parse_listing(out), os.path.basename(argv[0])
 
 
 def regenerate_argv(backend: str, version: str, image: str, tools: dict) -> list[str]:
@@ -528,7 +539,8 @@ def plan_initramfs(
         info = {"image": image, "exists": os.path.exists(image)}
         want = plan.modules_by_kernel[key] if present else []
         if info["exists"] and regenerate == "auto" and not plan.config_changed and not files_changed:
-            info.update(check_image(list_image(run, backend, image, tools), want, indexes[ver][1], verify_files))
+            listing, info["listed_by"] = list_image(run, backend, image, tools)
+            info.update(check_image(listing, want, indexes[ver][1], verify_files))
         plan.images[key] = info
         if regenerate == "never":
             continue
@@ -563,7 +575,7 @@ def verify(plan: Plan, root: str, present: bool, run, tools: dict) -> list[str]:
                 problems.append(f"{image} does not exist")
             continue
         want = plan.modules_by_kernel[key] if present else []
-        listing = list_image(run, plan.backend, image, tools)
+        listing, plan.images[key]["listed_by"] = list_image(run, plan.backend, image, tools)
         info = check_image(listing, want, kernel_module_index(root, ver)[1], verify_files if present else [])
         plan.images[key].update(info)
         plan.images[key]["exists"] = True
@@ -624,7 +636,7 @@ def run_request(
                 "with /etc/dracut.conf.d, and mkinitcpio; set backend explicitly"
             )
     gen, lister = TOOLS[backend]
-    tools = {gen: host.bin(gen, required=True), lister: host.bin(lister, required=True)}
+    tools = {gen: host.bin(gen, required=True), lister: host.bin(lister, required=True), "which": host.bin}
     present = state == "present"
 
     def run(argv):

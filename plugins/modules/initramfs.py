@@ -15,6 +15,11 @@ description:
   - Makes kernel modules (typically C(vfio), C(vfio_iommu_type1) and C(vfio_pci)) part of the initramfs and loaded
     early, regenerates the image of every installed kernel when and only when something changed, and lists each
     image afterwards to prove the modules (and the files named in O(verify_files)) are inside.
+  - "Images are listed by reading their cpio archives directly, as the kernel unpacks them (uncompressed early
+    archives, then gzip, xz, lzma or bzip2 streams read by Python, zstd and lz4 streams through the C(zstd) and
+    C(lz4) programs) - a few seconds instead of the generator's lister, a shell script that unpacks the whole
+    image. An image this reader does not read (lzo, a squashfs root, anything unexpected) is listed by the
+    generator's own lister named below; RV(images) says which one listed each image (C(listed_by))."
   - "Backends - V(initramfs-tools) (Debian/Ubuntu - the modules are listed in C(/etc/initramfs-tools/modules),
     inside this module's own block C(# BEGIN <name>) ... C(# END <name>) at the end of the file, keeping every
     other line; a module already listed elsewhere in the file is not added, and O(state=absent) removes only lines
@@ -192,13 +197,15 @@ commands:
 images:
   description:
     - Per kernel version (V(mkinitcpio) - image name) the image path and what its listing showed - C(modules)
-      (wanted modules found as files), C(builtin), C(files), C(missing_modules), C(missing_files).
+      (wanted modules found as files), C(builtin), C(files), C(missing_modules), C(missing_files), and
+      C(listed_by) - V(cpio) (read directly) or the lister that listed it (V(lsinitramfs), V(lsinitrd),
+      V(lsinitcpio)).
     - In check mode, and when the configuration changed, the contents shown are those before regeneration.
   returned: always
   type: dict
   sample: {"6.1.0-26-amd64": {"image": /boot/initrd.img-6.1.0-26-amd64, "exists": true,
            "modules": [vfio, vfio_iommu_type1, vfio_pci], "builtin": [], "files": [/etc/modprobe.d/vfio.conf],
-           "missing_modules": [], "missing_files": []}}
+           "missing_modules": [], "missing_files": [], "listed_by": cpio}}
 """
 
 

@@ -21,8 +21,10 @@ PACKAGES+=,openssh-sftp-server,python3,kmod,pciutils,zstd,udev,iproute2,procps,s
 # The guest's own QEMU: vmm_probe and the role's verify start it on devices bound to vfio-pci.
 PACKAGES+=,qemu-system-x86
 # Arguments every guest of this image boots with (the BLS entry's options). Per-guest ones come from QEMU's SMBIOS
-# type 11 string io.systemd.boot.kernel-cmdline-extra=..., which systemd-boot appends (lab.py).
+# type 11 string io.systemd.boot.kernel-cmdline-extra=..., which systemd-boot appends (lab.py). mitigations=off,
+# no_timer_check and norandmaps as in the bookworm image (build-image).
 KERNEL_CMDLINE="root=/dev/mapper/$VG-$LV rd.lvm.lv=$VG/$LV ro console=ttyS0,115200n8 mitigations=off no_timer_check"
+KERNEL_CMDLINE+=" norandmaps"
 # LVM on the build host: only the loop device, no udev, no device-mapper, no backups in the host's /etc/lvm.
 LVM_CONFIG='devices { use_devicesfile=0 obtain_device_list_from_udev=0 } activation { udev_sync=0 udev_rules=0 }'
 LVM_CONFIG+=' global { activation=0 } backup { backup=0 archive=0 }'
@@ -41,7 +43,7 @@ flavour_setup() {
 # regeneration inside a TCG guest stays around a minute (Debian's default, zstd -15 of everything, takes many).
 hostonly="no"
 compress="zstd -1 -q -T0"
-dracutmodules=" systemd systemd-initrd dracut-systemd base fs-lib rootfs-block kernel-modules udev-rules dm lvm shutdown "
+dracutmodules=" systemd systemd-initrd dracut-systemd base fs-lib rootfs-block kernel-modules udev-rules dm lvm "
 drivers=" virtio_pci virtio_blk ext4 dm_mod "
 DRACUT
     echo "$KERNEL_CMDLINE" >"$root/etc/kernel/cmdline"
@@ -72,6 +74,10 @@ flavour_customize() {
     # triggers the ESP's automount and waits for the disk's partition device, ~12 s of every boot under TCG (measured
     # with systemd-analyze critical-chain). No test reads the seed; the ESP is then mounted by its first real user.
     chroot "$root" systemctl mask systemd-boot-random-seed.service >/dev/null 2>&1
+    # dracut-shutdown unpacks the whole initramfs into /run/initramfs at every shutdown, so that systemd-shutdown can
+    # unmount the root from there ("exitrd"): ~6 s of a TCG reboot, and ~3 s more in the exitrd. The root is
+    # remounted read-only by systemd-shutdown either way; the image's dracut leaves the shutdown module out.
+    chroot "$root" systemctl mask dracut-shutdown.service >/dev/null 2>&1
 
     kver=$(basename "$(ls -1 "$root"/boot/vmlinuz-* | sort -V | tail -n1)")
     kver=${kver#vmlinuz-}
