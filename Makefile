@@ -106,7 +106,7 @@ test: venv unit-tools
 
 -include tests/lab/lab.mk
 
-.PHONY: bench-facts bench-bind bench-fleet bench-report demo molecule
+.PHONY: bench-facts bench-bind bench-initramfs bench-fleet bench-report demo molecule
 bench-facts: collection
 	cd $(COLL) && PYTHONPATH=$(BUILD) $(BIN)/python benchmarks/facts.py
 
@@ -116,6 +116,10 @@ LAB_INV := -i $(CURDIR)/tests/lab/.state/inventory.yml -i $(CURDIR)/tests/lab/sa
 
 bench-bind: collection
 	$(BIN)/python benchmarks/bind.py
+
+# Listing each lab guest's initramfs: the generator's lister against the collection's cpio reader.
+bench-initramfs: venv
+	$(BIN)/python benchmarks/initramfs_list.py
 
 bench-fleet: collection
 	flock /tmp/hostdev-lab.lock $(BIN)/python benchmarks/fleet.py

@@ -341,7 +341,9 @@ def parse_listing(text: str) -> list[str]:
             continue
         parts = line.split()
         if len(parts) >= 9 and re.match(r"^[-dlcbps][rwxsStT-]{9}", parts[0]):
-            path = parts[8] if len(parts) == 9 else " ".join(parts[8:]).split(" -> ", maxsplit=1)[0]
+            # A device node has "major, minor" where a file has its size: one field more before the name.
+            first = 9 if parts[0][0] in "cb" else 8
+            path = " ".join(parts[first:]).split(" -> ", maxsplit=1)[0]
         else:
             path = line.strip()
         out.append(path.lstrip("./").lstrip("/") if path not in (".", "./") else "")

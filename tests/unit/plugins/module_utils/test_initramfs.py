@@ -221,8 +221,15 @@ def test_parse_listing_formats():
         "drwxr-xr-x  12 root root   0 Jan  1 00:00 .\n"
         "-rw-r--r--   1 root root  12 Jan  1 00:00 usr/lib/modules/6.8/kernel/drivers/vfio/vfio.ko.xz\n"
         "lrwxrwxrwx   1 root root   7 Jan  1 00:00 lib -> usr/lib\n"
+        "crw-r--r--   1 root root   5,   1 Dec  4 03:41 dev/console\n"
+        "-rw-r--r--   1 root root  12 Jan  1 00:00 etc/a name with spaces.conf\n"
     )
-    assert ir.parse_listing(lsinitrd)[-2:] == ["usr/lib/modules/6.8/kernel/drivers/vfio/vfio.ko.xz", "lib"]
+    assert ir.parse_listing(lsinitrd)[-4:] == [
+        "usr/lib/modules/6.8/kernel/drivers/vfio/vfio.ko.xz",
+        "lib",
+        "dev/console",
+        "etc/a name with spaces.conf",
+    ]
     mods, _files = ir.image_contents(ir.parse_listing(lsinitrd))
     assert mods == {"vfio"}
 
