@@ -41,11 +41,8 @@ def by_lister():
             name = line.strip()
         else:
             continue  # lsinitrd's header lines
-        while name.startswith("./"):
-            name = name[2:]
-        name = name.lstrip("/")
-        if name and name != ".":
-            names.add(name)
+        if _cpio.normal(name):
+            names.add(_cpio.normal(name))
     return names
 times = {"lister": [], "cpio": []}
 for _ in range(int(sys.argv[2])):

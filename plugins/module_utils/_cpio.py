@@ -226,11 +226,12 @@ def names(path: str, which) -> list[str]:
                 _program(path, reader.pos, kind, which, out)
                 break
             _standard(reader, kind, out)
-    names_out = []
-    for name in out:
-        while name.startswith("./"):
-            name = name[2:]
-        name = name.lstrip("/")
-        if name and name != ".":
-            names_out.append(name)
-    return names_out
+    return [n for n in (normal(name) for name in out) if n]
+
+
+def normal(name: str) -> str:
+    """A name in an image as a path without a leading ``./`` or ``/``; ``""`` for the image's root (``.``)."""
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.lstrip("/")
+    return "" if name == "." else name

@@ -346,7 +346,7 @@ def parse_listing(text: str) -> list[str]:
             path = " ".join(parts[first:]).split(" -> ", maxsplit=1)[0]
         else:
             path = line.strip()
-        out.append(path.lstrip("./").lstrip("/") if path not in (".", "./") else "")
+        out.append(_cpio.normal(path))
     return [p for p in out if p]
 
 

@@ -49,7 +49,7 @@ def newc(tree, prefix="./"):
 
 
 def oracle(archive):
-    """What GNU cpio lists in one archive, normalised as the reader normalises names."""
+    """What GNU cpio lists in one archive, without a leading './' and without the root itself."""
     proc = subprocess.run(["cpio", "--quiet", "-it"], input=archive, capture_output=True, check=True)
     out = []
     for name in proc.stdout.decode("utf-8", "surrogateescape").splitlines():
@@ -58,6 +58,13 @@ def oracle(archive):
         if name.lstrip("/") not in ("", "."):
             out.append(name.lstrip("/"))
     return out
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [(".", ""), ("./", ""), ("/", ""), ("./usr/lib", "usr/lib"), ("./.hidden", ".hidden")]
+)
+def test_normal(name, expected):
+    assert _cpio.normal(name) == expected
 
 
 def compress(kind, data):

@@ -223,12 +223,14 @@ def test_parse_listing_formats():
         "lrwxrwxrwx   1 root root   7 Jan  1 00:00 lib -> usr/lib\n"
         "crw-r--r--   1 root root   5,   1 Dec  4 03:41 dev/console\n"
         "-rw-r--r--   1 root root  12 Jan  1 00:00 etc/a name with spaces.conf\n"
+        "-rw-r--r--   1 root root  12 Jan  1 00:00 ./.hidden/x\n"
     )
-    assert ir.parse_listing(lsinitrd)[-4:] == [
+    assert ir.parse_listing(lsinitrd)[-5:] == [
         "usr/lib/modules/6.8/kernel/drivers/vfio/vfio.ko.xz",
         "lib",
         "dev/console",
         "etc/a name with spaces.conf",
+        ".hidden/x",
     ]
     mods, _files = ir.image_contents(ir.parse_listing(lsinitrd))
     assert mods == {"vfio"}
