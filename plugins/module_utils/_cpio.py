@@ -8,8 +8,8 @@ mkinitcpio all write an uncompressed early archive (CPU microcode, when there is
 main archive. gzip, xz, lzma and bzip2 streams are read with Python's standard library (and their end is known,
 so segments after them are read too); zstd and lz4 streams through the ``zstd``/``lz4`` program with the rest of
 the image as input. Anything else (lzo, a squashfs root, damage) raises ``Unreadable``: the caller then asks the
-generator's own lister, which is slower (a shell script that unpacks the image; ~15 s under TCG against ~2 s
-here) but knows its own formats.
+generator's own lister, which is slower (a shell script that unpacks the image; lsinitrd took 10.6 s on a TCG lab
+guest where this reader took 0.8 s, benchmarks/initramfs_list.py) but knows its own formats.
 """
 
 from __future__ import annotations
@@ -162,7 +162,6 @@ def _standard(reader: _Reader, kind: str, out: list) -> None:
     """A stream the standard library decompresses; the data after its end stays in ``reader``."""
     start = reader.pos
     dec = _decompressor(kind)
-    state = {"rest": b""}
 
     def chunks():
         while not dec.eof:
@@ -175,10 +174,10 @@ def _standard(reader: _Reader, kind: str, out: list) -> None:
                 raise Unreadable(f"the {kind} stream from byte {start}: {exc}") from None
             if data:
                 yield data
-        state["rest"] = dec.unused_data
 
+    # _archives reads to the end of chunks(), so the stream has ended and the decompressor holds what follows it.
     _archives(_Reader(chunks()), out)
-    reader.unread(state["rest"])
+    reader.unread(dec.unused_data)
 
 
 def _program(path: str, offset: int, kind: str, which, out: list) -> None:
